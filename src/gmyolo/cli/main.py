@@ -1,0 +1,41 @@
+"""The ``gmyolo`` command line: ``gmyolo <command> [options]``; ``gmyolo <command> -h`` for each."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from .. import __version__
+from .info import add_info_parser
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gmyolo", description="YOLO object detection with GroupMixFormer backbones.")
+    parser.add_argument("--version", action="version", version=f"gmyolo {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_info_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        args.run(args)
+    except (ValueError, OSError) as e:  # user errors: bad names, sizes, files, checkpoints
+        print(f"gmyolo {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

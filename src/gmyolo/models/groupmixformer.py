@@ -1,0 +1,764 @@
+"""GroupMixFormer: a hierarchical vision transformer built on Group-Mix Attention (GMA).
+
+Paper: Ge et al., "Advancing Vision Transformers with Group-Mix Attention", 2023.
+
+The computation follows the authors' released code step by step, so their ImageNet-1K checkpoints
+load unchanged (module names equal the authors' state-dict keys) and give the same numbers. The
+order of this file: building blocks, GMA, the GMA block, the model, checkpoint loading, variants.
+
+Shapes: B batch, C channels, H×W map, N = H·W tokens, s = C/5 (one channel segment).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.ops import StochasticDepth
+
+__all__ = [
+    "GroupMixFormer",
+    "GMABlock",
+    "GroupMixAttention",
+    "CheckpointError",
+    "VARIANTS",
+    "groupmixformer",
+    "groupmixformer_m",
+    "groupmixformer_t",
+    "groupmixformer_s",
+    "groupmixformer_b",
+    "groupmixformer_l",
+    "load_checkpoint_state_dict",
+    "infer_config_from_state_dict",
+]
+
+LOGGER = logging.getLogger("gmyolo")
+
+NUM_SEGMENTS = 5  # channels are cut into 5 segments: identity, 3 aggregators, non-attention branch
+AGGREGATORS = ("conv", "min", "avg", "max")
+
+
+# --------------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------------
+class SeparableConv2d(nn.Sequential):
+    """Depthwise k×k (no bias) then pointwise 1×1 (no bias); names match the authors' keys."""
+
+    def __init__(self, in_chs: int, out_chs: int, kernel_size: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_chs, in_chs, kernel_size, stride, kernel_size // 2, groups=in_chs, bias=False)
+        self.pointwise_conv = nn.Conv2d(in_chs, out_chs, 1, bias=False)
+
+
+class MinPool2d(nn.Module):
+    """Stride-1 min pooling (-maxpool(-x)); 'same' padding so the map size is kept."""
+
+    def __init__(self, kernel_size: int):
+        super().__init__()
+        self.pool = nn.MaxPool2d(kernel_size, 1, kernel_size // 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -self.pool(-x)
+
+
+def make_aggregator(kind: str, chs: int, kernel_size: int) -> nn.Module:
+    """The spatial aggregator of one segment: the authors' separable conv, or a pooling ablation."""
+    if kind == "conv":
+        return SeparableConv2d(chs, chs, kernel_size)
+    if kind == "max":
+        return nn.MaxPool2d(kernel_size, 1, kernel_size // 2)
+    if kind == "avg":
+        # count_include_pad=False so border tokens are not pulled towards zero.
+        return nn.AvgPool2d(kernel_size, 1, kernel_size // 2, count_include_pad=False)
+    if kind == "min":
+        return MinPool2d(kernel_size)
+    raise ValueError(f"unknown aggregator {kind!r}; choose one of {', '.join(AGGREGATORS)}")
+
+
+class ConvStem(nn.Module):
+    """Two stride-2 3×3 convs (with bias) + BatchNorm + Hardswish: image -> stride-4 map of C0."""
+
+    def __init__(self, in_chans: int, out_chs: int):
+        super().__init__()
+        self.proj1 = nn.Conv2d(in_chans, out_chs // 2, 3, 2, 1)
+        self.norm1 = nn.BatchNorm2d(out_chs // 2)
+        self.act1 = nn.Hardswish()
+        self.proj2 = nn.Conv2d(out_chs // 2, out_chs, 3, 2, 1)
+        self.norm2 = nn.BatchNorm2d(out_chs)
+        self.act2 = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act1(self.norm1(self.proj1(x)))
+        return self.act2(self.norm2(self.proj2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Separable 3×3 conv (stride 1 or 2) + BatchNorm + Hardswish. Returns a B×C×H×W map."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int):
+        super().__init__()
+        self.proj = SeparableConv2d(in_chs, out_chs, 3, stride)
+        self.norm = nn.BatchNorm2d(out_chs)
+        self.act = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(self.proj(x)))
+
+
+class ConvPosEnc(nn.Module):
+    """Conditional position encoding: tokens + depthwise 3×3 conv (with bias) of their image."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        B, N, C = x.shape
+        img = x.transpose(1, 2).reshape(B, C, *size)
+        return x + self.proj(img).flatten(2).transpose(1, 2)
+
+
+class ConvRelPosEnc(nn.Module):
+    """Convolutional relative position encoding: q ⊙ depthwise-conv(v), heads split 2/3/3 over k 3/5/7."""
+
+    windows = {3: 2, 5: 3, 7: 3}  # kernel size -> number of heads (the authors' fixed split of 8 heads)
+
+    def __init__(self, head_dim: int):
+        super().__init__()
+        self.splits = [heads * head_dim for heads in self.windows.values()]
+        self.conv_list = nn.ModuleList(
+            nn.Conv2d(chs, chs, k, 1, k // 2, groups=chs) for k, chs in zip(self.windows, self.splits)
+        )
+
+    def forward(self, q: torch.Tensor, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """q, v: B×h×N×d -> B×h×N×d."""
+        B, h, N, d = q.shape
+        v_img = v.transpose(-1, -2).reshape(B, h * d, *size)
+        conv_v = torch.cat([conv(part) for conv, part in zip(self.conv_list, v_img.split(self.splits, 1))], 1)
+        return q * conv_v.reshape(B, h, d, N).transpose(-1, -2)
+
+
+class NonAttentionBranch(nn.Module):
+    """Segment S4 of q, k and v (3s channels) -> separable 3×3 conv to s -> tokens -> LayerNorm, Hardswish."""
+
+    def __init__(self, seg_dim: int):
+        super().__init__()
+        self.conv = SeparableConv2d(3 * seg_dim, seg_dim, 3)
+        self.norm = nn.LayerNorm(seg_dim)  # default eps 1e-5, as the authors have it
+        self.act = nn.Hardswish()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: B×3s×H×W -> B×N×s."""
+        return self.act(self.norm(self.conv(x).flatten(2).transpose(1, 2)))
+
+
+class Aggregator(nn.Module):
+    """Group aggregation of the stacked q, k, v images (3B×C×H×W).
+
+    Segment S0 is the identity branch (BatchNorm, Hardswish); S1..S3 go through aggregators with
+    kernels 3, 5, 7 (then BatchNorm, Hardswish); S4 of q, k and v together form the non-attention
+    branch (`agg0` in the authors' names). The same layers serve q, k and v.
+    """
+
+    def __init__(self, dim: int, aggregator: str = "conv"):
+        super().__init__()
+        self.seg_dim = dim // NUM_SEGMENTS
+        s = self.seg_dim
+        self.norm0 = nn.BatchNorm2d(s)
+        self.act0 = nn.Hardswish()
+        self.agg1 = make_aggregator(aggregator, s, 3)
+        self.norm1 = nn.BatchNorm2d(s)
+        self.act1 = nn.Hardswish()
+        self.agg2 = make_aggregator(aggregator, s, 5)
+        self.norm2 = nn.BatchNorm2d(s)
+        self.act2 = nn.Hardswish()
+        self.agg3 = make_aggregator(aggregator, s, 7)
+        self.norm3 = nn.BatchNorm2d(s)
+        self.act3 = nn.Hardswish()
+        self.agg0 = NonAttentionBranch(s)
+
+    def forward(self, qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, ...]:
+        """qkv: 3B×C×H×W (q, k, v stacked on the batch axis).
+
+        Returns q, k, v of shape B×heads×N×d (d = 4s/heads) and the non-attention tokens B×N×s.
+        """
+        B3, C, H, W = qkv.shape
+        B, s = B3 // 3, self.seg_dim
+        x0, x1, x2, x3, x4 = qkv.split(s, dim=1)
+        local = self.agg0(x4.reshape(3, B, s, H, W).transpose(0, 1).reshape(B, 3 * s, H, W))
+        x = torch.cat(
+            [
+                self.act0(self.norm0(x0)),
+                self.act1(self.norm1(self.agg1(x1))),
+                self.act2(self.norm2(self.agg2(x2))),
+                self.act3(self.norm3(self.agg3(x3))),
+            ],
+            dim=1,
+        )
+        q, k, v = x.reshape(3, B, num_heads, 4 * s // num_heads, H * W).transpose(-1, -2)
+        return q, k, v, local
+
+
+# --------------------------------------------------------------------------------------------------
+# Group-Mix Attention and the GMA block
+# --------------------------------------------------------------------------------------------------
+class GroupMixAttention(nn.Module):
+    """GMA over tokens B×N×C: group aggregation, factorised attention, CRPE, non-attention branch."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        aggregator: str = "conv",
+    ):
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = (dim // num_heads) ** -0.5  # head size of the full C, as the authors compute it
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self.aggregator = Aggregator(dim, aggregator)
+        self.crpe = ConvRelPosEnc(head_dim=4 * (dim // NUM_SEGMENTS) // num_heads)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        B, N, C = x.shape
+        # B×N×3×C -> 3B×C×H×W: q, k, v stacked along the batch axis in that order.
+        qkv = self.qkv(x).reshape(B, N, 3, C).permute(2, 0, 3, 1).reshape(3 * B, C, *size)
+        q, k, v, local = self.aggregator(qkv, self.num_heads)
+
+        # Factorised attention: q · (softmax_N(k)ᵀ · v); context is only d×d per head.
+        context = self.attn_drop(k.softmax(dim=2).transpose(-1, -2) @ v)
+        out = self.scale * (q @ context) + self.crpe(q, v, size)
+
+        out = out.transpose(1, 2).reshape(B, N, -1)  # head-major channels
+        x = self.proj(torch.cat([out, local], dim=-1))
+        return self.proj_drop(x)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class GMABlock(nn.Module):
+    """x + CPE; x + DropPath(GMA(LN(x))); x + DropPath(MLP(LN(x)))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        aggregator: str = "conv",
+    ):
+        super().__init__()
+        self.cpe = ConvPosEnc(dim)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.att = GroupMixAttention(dim, num_heads, qkv_bias, attn_drop, drop, aggregator)
+        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = self.cpe(x, size)
+        x = x + self.drop_path(self.att(self.norm1(x), size))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class GMAStage(nn.Module):
+    """A stack of GMA blocks on a B×C×H×W map (named `gma_stage` as in the authors' checkpoints)."""
+
+    def __init__(self, blocks: Sequence[GMABlock]):
+        super().__init__()
+        self.gma_stage = nn.ModuleList(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, H, W = x.shape
+        tokens = x.flatten(2).transpose(1, 2)
+        for block in self.gma_stage:
+            tokens = block(tokens, (H, W))
+        return tokens.transpose(1, 2).reshape(B, C, H, W)
+
+
+# --------------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One returned feature map: its stage index, channels and stride (reduction) w.r.t. the input."""
+
+    index: int
+    channels: int
+    stride: int
+
+
+def check_dims(embedding_dims: Sequence[int], num_heads: int) -> None:
+    """Refuse widths that GMA cannot split: C/5 segments, 4C/5 over the heads, the fixed 2/3/3 head split."""
+    if num_heads != sum(ConvRelPosEnc.windows.values()):
+        raise ValueError(
+            f"GroupMixFormer needs num_heads=8 (its relative position encoding splits 8 heads into "
+            f"groups of 2, 3 and 3); got num_heads={num_heads}"
+        )
+    bad = [c for c in embedding_dims if c <= 0 or c % (2 * NUM_SEGMENTS) != 0]
+    if bad:
+        raise ValueError(
+            f"GroupMixFormer embedding_dims must be positive multiples of 10 so that each width splits "
+            f"into 5 segments and 8 heads; got {list(embedding_dims)} (not splittable: {bad})"
+        )
+
+
+class GroupMixFormer(nn.Module):
+    """GroupMixFormer classifier, or multi-scale backbone with ``features_only=True``.
+
+    Args use the authors' names. In features mode ``forward`` returns the maps of ``out_indices``
+    (strides 4, 8, 16, 32 for stages 0..3); ``feature_info``, ``out_channels`` and ``out_strides``
+    tell their channels and strides without running the model. Stages after the last requested one
+    are not built.
+    """
+
+    def __init__(
+        self,
+        in_chans: int = 3,
+        num_classes: int = 1000,
+        embedding_dims: Sequence[int] = (80, 160, 200, 240),
+        serial_depths: Sequence[int] = (4, 4, 12, 4),
+        mlp_ratios: Sequence[float] = (4, 4, 4, 4),
+        num_heads: int = 8,
+        qkv_bias: bool = True,
+        drop_rate: float = 0.0,
+        attn_drop_rate: float = 0.0,
+        drop_path_rate: float = 0.0,
+        aggregator: str = "conv",
+        features_only: bool = False,
+        out_indices: Sequence[int] = (0, 1, 2, 3),
+    ):
+        super().__init__()
+        if not (len(embedding_dims) == len(serial_depths) == len(mlp_ratios) == 4):
+            raise ValueError("embedding_dims, serial_depths and mlp_ratios must each have 4 entries (one per stage)")
+        check_dims(embedding_dims, num_heads)
+        if aggregator not in AGGREGATORS:
+            raise ValueError(f"unknown aggregator {aggregator!r}; choose one of {', '.join(AGGREGATORS)}")
+        out_indices = tuple(sorted({int(i) for i in out_indices}))
+        if features_only and (not out_indices or out_indices[0] < 0 or out_indices[-1] > 3):
+            raise ValueError(f"out_indices must be a non-empty subset of 0..3, got {out_indices}")
+
+        self.config = dict(
+            embedding_dims=list(embedding_dims),
+            serial_depths=list(serial_depths),
+            mlp_ratios=list(mlp_ratios),
+            num_heads=num_heads,
+            qkv_bias=qkv_bias,
+            aggregator=aggregator,
+        )
+        self.num_classes = num_classes
+        self.features_only = features_only
+        self.out_indices = out_indices if features_only else (0, 1, 2, 3)
+        num_stages = self.out_indices[-1] + 1
+        self.stage_strides = [4 * 2**i for i in range(4)]
+
+        self.conv_stem = ConvStem(in_chans, embedding_dims[0])
+        in_dims = [embedding_dims[0], *embedding_dims[:3]]
+        self.patch_embed_layers = nn.ModuleList(
+            PatchEmbed(in_dims[i], embedding_dims[i], 1 if i == 0 else 2) for i in range(num_stages)
+        )
+        # Drop-path rises linearly over all blocks of the full network (also when stages are cut).
+        dpr = torch.linspace(0, drop_path_rate, sum(serial_depths)).tolist()
+        starts = [sum(serial_depths[:i]) for i in range(4)]
+        self.groupmixformer_backbone = nn.ModuleList(
+            GMAStage(
+                [
+                    GMABlock(
+                        embedding_dims[i],
+                        num_heads,
+                        mlp_ratios[i],
+                        qkv_bias,
+                        drop_rate,
+                        attn_drop_rate,
+                        dpr[starts[i] + j],
+                        aggregator,
+                    )
+                    for j in range(serial_depths[i])
+                ]
+            )
+            for i in range(num_stages)
+        )
+        self.feature_info = [FeatureInfo(i, embedding_dims[i], self.stage_strides[i]) for i in self.out_indices]
+        if not features_only:
+            self.norm4 = nn.BatchNorm2d(embedding_dims[3])
+            self.head = nn.Linear(embedding_dims[3], num_classes) if num_classes > 0 else nn.Identity()
+            self.drop = nn.Dropout(drop_rate)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    # ---- the backbone contract ------------------------------------------------------------------
+    @property
+    def out_channels(self) -> list[int]:
+        return [f.channels for f in self.feature_info]
+
+    @property
+    def out_strides(self) -> list[int]:
+        return [f.stride for f in self.feature_info]
+
+    @property
+    def num_stages(self) -> int:
+        return len(self.groupmixformer_backbone)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that should not get weight decay: norms, biases and position-encoding convs."""
+        names = set()
+        for name, p in self.named_parameters():
+            if p.ndim <= 1 or ".cpe." in name or ".crpe." in name:
+                names.add(name)
+        return names
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classification head with a freshly initialised one for ``num_classes``."""
+        if self.features_only:
+            raise RuntimeError("a features_only GroupMixFormer has no classifier")
+        self.num_classes = num_classes
+        dim = self.config["embedding_dims"][3]
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self._init_weights(self.head)
+
+    def freeze_stages(self, num_stages: int) -> None:
+        """Freeze the stem and the first ``num_stages`` stages (parameters and BatchNorm statistics)."""
+        frozen = [self.conv_stem]
+        for i in range(min(num_stages, self.num_stages)):
+            frozen += [self.patch_embed_layers[i], self.groupmixformer_backbone[i]]
+        self._frozen = frozen if num_stages > 0 else []
+        for module in self._frozen:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> GroupMixFormer:
+        super().train(mode)
+        for module in getattr(self, "_frozen", []):
+            module.eval()  # frozen stages keep their BatchNorm statistics
+        return self
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x: B×3×H×W -> the map of every built stage, B×C_i×ceil(H/s_i)×ceil(W/s_i)."""
+        x = self.conv_stem(x)
+        maps = []
+        for embed, stage in zip(self.patch_embed_layers, self.groupmixformer_backbone):
+            x = stage(embed(x))
+            maps.append(x)
+        return maps
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Last stage map B×C3×H×W -> logits B×num_classes."""
+        x = self.norm4(x).mean(dim=(2, 3))
+        return self.head(self.drop(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        maps = self.forward_features(x)
+        if self.features_only:
+            return [maps[i] for i in self.out_indices]
+        return self.forward_head(maps[-1])
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def load_pretrained(self, checkpoint: str | os.PathLike | Mapping[str, Any], strict: bool = True) -> LoadReport:
+        """Load an authors'-format checkpoint (a path or a dict); see :func:`load_groupmixformer_weights`."""
+        return load_groupmixformer_weights(self, checkpoint, strict=strict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint loading
+# --------------------------------------------------------------------------------------------------
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the model; the message says what did not fit."""
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_groupmixformer_weights` did, for logs and tests."""
+
+    loaded: int = 0
+    dropped: list[str] = field(default_factory=list)  # checkpoint keys deliberately not used
+    missing: list[str] = field(default_factory=list)  # model keys left at their initial values
+    notes: list[str] = field(default_factory=list)
+
+
+def read_checkpoint(path: str | os.PathLike) -> Any:
+    """torch.load with weights_only=True: tensors and plain containers only, never code."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError, RuntimeError (bad zip), EOFError, ...
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        if found:
+            raise CheckpointError(
+                f"{path}: refused to load: the file holds a pickled Python object ({found.group(1)}), not only "
+                f"tensors, and unpickling it could run code"
+            ) from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (corrupt, truncated or not made by torch.save; "
+            f"{type(e).__name__})"
+        ) from None
+
+
+def load_checkpoint_state_dict(checkpoint: str | os.PathLike | Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """Unwrap every checkpoint format the authors' code produces into a flat state dict.
+
+    Accepted: ``{"model": sd}`` (released files), ``{"state_dict": sd}``, a bare state dict; keys may
+    carry a ``module.`` prefix (DataParallel / DDP).
+    """
+    where = os.fspath(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else "checkpoint dict"
+    obj = read_checkpoint(checkpoint) if isinstance(checkpoint, (str, os.PathLike)) else checkpoint
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{where}: expected a dict of tensors, found {type(obj).__name__}")
+    for key in ("model", "state_dict"):
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    state = {}
+    for k, v in obj.items():
+        if not isinstance(v, torch.Tensor):
+            raise CheckpointError(
+                f"{where}: entry {k!r} is a {type(v).__name__}, not a tensor; expected a state dict "
+                f"(top level, or under 'model' or 'state_dict')"
+            )
+        state[k[len("module.") :] if k.startswith("module.") else k] = v
+    if not state:
+        raise CheckpointError(f"{where}: the checkpoint holds no tensors")
+    return state
+
+
+def infer_config_from_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, Any] | None:
+    """Read widths, depths, MLP ratios and class count off an authors'-format state dict (None if not one)."""
+    dims, depths, ratios = [], [], []
+    for i in range(4):
+        pw = state.get(f"patch_embed_layers.{i}.proj.pointwise_conv.weight")
+        if pw is None:
+            break
+        dims.append(pw.shape[0])
+        prefix = f"groupmixformer_backbone.{i}.gma_stage."
+        blocks = {int(k[len(prefix) :].split(".")[0]) for k in state if k.startswith(prefix)}
+        depths.append(len(blocks))
+        fc1 = state.get(f"{prefix}0.mlp.fc1.weight")
+        ratios.append(fc1.shape[0] / fc1.shape[1] if fc1 is not None else None)
+    if not dims:
+        return None
+    ratios = [int(r) if r is not None and float(r).is_integer() else r for r in ratios]
+    head = state.get("head.weight")
+    return dict(
+        embedding_dims=dims,
+        serial_depths=depths,
+        mlp_ratios=ratios,
+        num_classes=head.shape[0] if head is not None else None,
+    )
+
+
+def describe_config(cfg: Mapping[str, Any]) -> str:
+    """'GroupMixFormer-T (dims 80-160-200-240, depths 4-4-12-4)' or without the name if no variant fits."""
+    name = variant_of(cfg)
+    text = "dims {} depths {}".format(
+        "-".join(map(str, cfg["embedding_dims"])), "-".join(map(str, cfg["serial_depths"]))
+    )
+    return f"GroupMixFormer-{name.upper()} ({text})" if name else f"GroupMixFormer ({text})"
+
+
+def variant_of(cfg: Mapping[str, Any]) -> str | None:
+    """The name of the variant with these widths, depths and MLP ratios, if any."""
+    for name, v in VARIANTS.items():
+        if all(list(cfg.get(k, [])) == list(v[k]) for k in ("embedding_dims", "serial_depths", "mlp_ratios")):
+            return name
+    return None
+
+
+def load_groupmixformer_weights(
+    model: GroupMixFormer, checkpoint: str | os.PathLike | Mapping[str, Any], strict: bool = True
+) -> LoadReport:
+    """Load authors'-format weights into ``model``.
+
+    The classifier (``norm4``, ``head``) is dropped in features mode and re-initialised when the
+    class count differs; stages the model did not build are dropped. Everything else must fit
+    exactly when ``strict`` (the default); otherwise one :class:`CheckpointError` says what did not.
+    """
+    state = load_checkpoint_state_dict(checkpoint)
+    found = infer_config_from_state_dict(state)
+    if found is None:
+        sample = ", ".join(list(state)[:3])
+        raise CheckpointError(
+            f"this is not a GroupMixFormer checkpoint: it has none of the patch_embed_layers.* weights "
+            f"(its first keys: {sample}, ...)"
+        )
+    mine = model.config
+    ours_desc, theirs_desc = describe_config(mine), describe_config(found)
+    n = model.num_stages
+    if (found["embedding_dims"][:n], found["serial_depths"][:n]) != (
+        mine["embedding_dims"][:n],
+        mine["serial_depths"][:n],
+    ) or (found["mlp_ratios"][:n] != list(mine["mlp_ratios"][:n])):
+        raise CheckpointError(
+            f"checkpoint is {theirs_desc} with mlp ratios {found['mlp_ratios']}, but the model is "
+            f"{ours_desc} with mlp ratios {mine['mlp_ratios']}: pick the matching variant"
+        )
+
+    report = LoadReport()
+    model_state = model.state_dict()
+    reinit: tuple[str, ...] = ()  # model keys deliberately left at their fresh initialisation
+    if model.features_only:
+        head_keys = [k for k in state if k.startswith(("norm4.", "head."))]
+        if head_keys:
+            report.notes.append("dropped the classification head (norm4, head): the model returns features")
+    elif found["num_classes"] is not None and found["num_classes"] != model.num_classes:
+        head_keys, reinit = [k for k in state if k.startswith("head.")], ("head.",)
+        report.notes.append(
+            f"classification head re-initialised for {model.num_classes} classes "
+            f"(the checkpoint's head has {found['num_classes']})"
+        )
+    else:
+        head_keys = []
+    cut_stages = [
+        k
+        for k in state
+        if k.split(".")[0] in ("patch_embed_layers", "groupmixformer_backbone") and int(k.split(".")[1]) >= n
+    ]
+    if cut_stages:
+        report.notes.append(f"dropped stages {n}..3: the model stops at stage {n - 1} (out_indices)")
+    report.dropped = head_keys + cut_stages
+    dropped = set(report.dropped)
+    usable = {k: v for k, v in state.items() if k not in dropped}
+
+    unexpected = [k for k in usable if k not in model_state]
+    shape_bad = [k for k in usable if k in model_state and usable[k].shape != model_state[k].shape]
+    missing = [k for k in model_state if k not in usable and not k.startswith(reinit)]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} model weights are absent from the checkpoint (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} checkpoint entries have no place in the model (e.g. {unexpected[0]})")
+    if shape_bad:
+        k = shape_bad[0]
+        problems.append(
+            f"{len(shape_bad)} entries have the wrong shape (e.g. {k}: checkpoint "
+            f"{tuple(usable[k].shape)}, model {tuple(model_state[k].shape)})"
+        )
+    if problems and strict:
+        raise CheckpointError(
+            f"checkpoint ({theirs_desc}) does not fit the model ({ours_desc}): " + "; ".join(problems)
+        )
+    fitting = {k: v for k, v in usable.items() if k in model_state and k not in shape_bad}
+    model.load_state_dict(fitting, strict=False)
+    report.loaded = len(fitting)
+    report.missing = missing
+    for note in report.notes + problems:
+        LOGGER.info("GroupMixFormer weights: %s", note)
+    LOGGER.info("GroupMixFormer weights: loaded %d tensors from a %s checkpoint", report.loaded, theirs_desc)
+    return report
+
+
+# --------------------------------------------------------------------------------------------------
+# Variants
+# --------------------------------------------------------------------------------------------------
+VARIANTS: dict[str, dict[str, Any]] = {
+    "m": dict(
+        embedding_dims=(40, 80, 160, 160), serial_depths=(3, 3, 12, 4), mlp_ratios=(4, 4, 4, 4), drop_path_rate=0.1
+    ),
+    "t": dict(
+        embedding_dims=(80, 160, 200, 240), serial_depths=(4, 4, 12, 4), mlp_ratios=(4, 4, 4, 4), drop_path_rate=0.1
+    ),
+    "s": dict(
+        embedding_dims=(80, 160, 320, 320), serial_depths=(2, 4, 12, 4), mlp_ratios=(4, 4, 4, 4), drop_path_rate=0.2
+    ),
+    "b": dict(
+        embedding_dims=(200, 240, 320, 480), serial_depths=(8, 8, 12, 8), mlp_ratios=(2, 2, 4, 4), drop_path_rate=0.5
+    ),
+    "l": dict(
+        embedding_dims=(240, 320, 360, 480), serial_depths=(8, 10, 30, 10), mlp_ratios=(4, 4, 2, 2), drop_path_rate=0.1
+    ),
+}
+
+
+def variant_name(name: str) -> str:
+    """'t', 'T', 'groupmixformer-t', 'groupmixformer_t', 'GroupMixFormer-T' -> 't'."""
+    key = name.strip().lower()
+    for prefix in ("groupmixformer-", "groupmixformer_", "gmf-", "gmf_"):
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+    if key not in VARIANTS:
+        choices = ", ".join(f"groupmixformer-{v}" for v in VARIANTS)
+        raise ValueError(f"unknown GroupMixFormer variant {name!r}; choose one of {choices}")
+    return key
+
+
+def groupmixformer(
+    variant: str = "t", pretrained: str | os.PathLike | Mapping[str, Any] | None = None, **kwargs: Any
+) -> GroupMixFormer:
+    """Build a GroupMixFormer variant (M, T, S, B, L), optionally loading the authors' weights.
+
+    ``kwargs`` override the variant's settings and pass through to :class:`GroupMixFormer`
+    (``num_classes``, ``features_only``, ``out_indices``, ``drop_path_rate``, ``aggregator``, ...).
+    """
+    config = {**VARIANTS[variant_name(variant)], **kwargs}
+    model = GroupMixFormer(**config)
+    if pretrained is not None:
+        if model.config["aggregator"] != "conv":
+            raise ValueError("the authors' weights only fit the default conv aggregator (aggregator='conv')")
+        model.load_pretrained(pretrained)
+    return model
+
+
+def groupmixformer_m(**kwargs: Any) -> GroupMixFormer:
+    return groupmixformer("m", **kwargs)
+
+
+def groupmixformer_t(**kwargs: Any) -> GroupMixFormer:
+    return groupmixformer("t", **kwargs)
+
+
+def groupmixformer_s(**kwargs: Any) -> GroupMixFormer:
+    return groupmixformer("s", **kwargs)
+
+
+def groupmixformer_b(**kwargs: Any) -> GroupMixFormer:
+    return groupmixformer("b", **kwargs)
+
+
+def groupmixformer_l(**kwargs: Any) -> GroupMixFormer:
+    return groupmixformer("l", **kwargs)
+
+
+def stage_output_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    """Map size of each stage for an input of height×width (each stride-2 conv gives ceil(n/2))."""
+    sizes, h, w = [], height, width
+    for i in range(4):
+        for _ in range(2 if i == 0 else 1):  # the stem halves twice, each later embedding once
+            h, w = math.ceil(h / 2), math.ceil(w / 2)
+        sizes.append((h, w))
+    return sizes

@@ -1,0 +1,69 @@
+"""`gmyolo info`: tables, JSON, errors, and the installed entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gmyolo.cli.main import main
+from gmyolo.models.groupmixformer import groupmixformer
+
+SPEC_PARAMS = {"m": 5_733_120, "t": 10_949_152, "s": 22_421_320, "b": 45_827_272, "l": 71_833_648}
+
+
+def run_json(capsys, *argv):
+    assert main(["info", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("variant", list(SPEC_PARAMS))
+def test_info_reports_spec_parameters(capsys, variant):
+    summary = run_json(capsys, "--model", f"groupmixformer-{variant}", "--imgsz", "224")
+    assert summary["params"] == SPEC_PARAMS[variant]
+    assert sum(s["params"] for s in summary["stages"]) == SPEC_PARAMS[variant]
+
+
+def test_info_shapes_match_a_real_forward(capsys):
+    summary = run_json(capsys, "--model", "m", "--imgsz", "97", "131", "--features")
+    model = groupmixformer("m", features_only=True).eval()
+    with torch.no_grad():
+        maps = model(torch.zeros(1, 3, 97, 131))
+    stages = [s for s in summary["stages"] if s["name"].startswith("stage")]
+    assert [s["output_shape"] for s in stages] == [list(m.shape) for m in maps]
+    assert [s["stride"] for s in stages] == [4, 8, 16, 32]
+
+
+def test_info_table(capsys):
+    assert main(["info", "--model", "m", "--imgsz", "224"]) == 0
+    out = capsys.readouterr().out
+    assert "stage2" in out and "1x160x14x14" in out and "5,733,120" in out and "MACs 1.333 G" in out
+
+
+def test_info_loads_weights(capsys, tmp_path):
+    torch.save({"model": groupmixformer("m").state_dict()}, tmp_path / "m.pth")
+    assert main(["info", "--model", "m", "--weights", str(tmp_path / "m.pth"), "--json"]) == 0
+    assert main(["info", "--model", "t", "--weights", str(tmp_path / "m.pth")]) == 2
+    err = capsys.readouterr().err
+    assert "GroupMixFormer-M" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [(["--model", "groupmixformer-x"], "unknown GroupMixFormer variant"), (["--imgsz", "1", "2", "3"], "--imgsz")],
+)
+def test_info_errors_are_one_line(capsys, argv, message):
+    assert main(["info", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_module_entry_point():
+    result = subprocess.run(
+        [sys.executable, "-m", "gmyolo", "info", "--model", "m", "--json"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["params"] == SPEC_PARAMS["m"]

@@ -1,0 +1,187 @@
+"""GroupMixFormer: exactness against the authors' code, the variant table, features mode, options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gmyolo.models.groupmixformer import VARIANTS, GroupMixFormer, groupmixformer, stage_output_sizes
+from gmyolo.models.summary import count_macs, count_parameters
+
+# The spec's table (counted on the authors' code, 1000-class head, 224x224).
+SPEC_PARAMS = {"m": 5_733_120, "t": 10_949_152, "s": 22_421_320, "b": 45_827_272, "l": 71_833_648}
+SPEC_MACS = {"m": 1.350e9, "t": 3.720e9, "s": 5.164e9, "b": 17.55e9, "l": 38.25e9}
+
+
+@pytest.fixture(scope="module")
+def golden(reference_dir):
+    return torch.load(reference_dir / "groupmixformer_golden_small.pt", weights_only=True)
+
+
+def golden_model(golden, **kwargs) -> GroupMixFormer:
+    cfg = golden["config"]
+    model = GroupMixFormer(
+        num_classes=cfg["num_classes"],
+        embedding_dims=cfg["embedding_dims"],
+        serial_depths=cfg["serial_depths"],
+        mlp_ratios=cfg["mlp_ratios"],
+        **kwargs,
+    )
+    model.load_pretrained(golden["state_dict"])
+    return model
+
+
+def test_golden_eval_features_and_logits(golden):
+    model = golden_model(golden).eval()
+    with torch.no_grad():
+        maps = model.forward_features(golden["input"])
+        logits = model(golden["input"])
+    assert len(maps) == len(golden["eval_features"]) == 4
+    for ours, theirs in zip(maps, golden["eval_features"]):
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits, golden["eval_logits"], atol=1e-4, rtol=0)
+
+
+def test_golden_train_logits_and_input_gradient(golden):
+    model = golden_model(golden).train()
+    x = golden["input"].clone().requires_grad_(True)
+    logits = model(x)
+    torch.testing.assert_close(logits, golden["train_logits"], atol=1e-4, rtol=0)
+    (logits**2).mean().backward()
+    torch.testing.assert_close(x.grad, golden["train_input_grad"], atol=1e-4, rtol=1e-3)
+    # The gradient is small in absolute terms: check it relative to its own scale too.
+    scale = golden["train_input_grad"].abs().max()
+    assert (x.grad - golden["train_input_grad"]).abs().max() <= 1e-4 * scale
+
+
+def test_golden_features_mode_matches(golden):
+    model = golden_model(golden, features_only=True, out_indices=(1, 3)).eval()
+    with torch.no_grad():
+        maps = model(golden["input"])
+    assert [m.shape[1] for m in maps] == model.out_channels == [golden["eval_features"][i].shape[1] for i in (1, 3)]
+    for ours, i in zip(maps, (1, 3)):
+        torch.testing.assert_close(ours, golden["eval_features"][i], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_state_dict_names_and_shapes_equal_authors(variant, reference_dir):
+    ref = json.loads((reference_dir / "official_groupmixformer_state_dicts.json").read_text())[variant.upper()]
+    model = groupmixformer(variant)
+    ours = [(k, list(v.shape)) for k, v in model.state_dict().items()]
+    assert ours == [(k, list(s)) for k, s in ref["state_dict"]]
+    assert count_parameters(model) == ref["params"] == SPEC_PARAMS[variant]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_macs_within_two_percent_of_table(variant):
+    macs = count_macs(groupmixformer(variant), (224, 224))
+    assert abs(macs / SPEC_MACS[variant] - 1) < 0.02
+
+
+@pytest.mark.parametrize("size", [(31, 45), (64, 64), (97, 130), (224, 161)])
+def test_any_input_size(size):
+    model = groupmixformer("m", features_only=True).eval()
+    with torch.no_grad():
+        maps = model(torch.randn(1, 3, *size))
+    expected = stage_output_sizes(*size)
+    for m, info, hw in zip(maps, model.feature_info, expected):
+        assert m.shape == (1, info.channels, *hw)
+        assert torch.isfinite(m).all()
+
+
+def test_feature_info_without_forward_and_cut_stages():
+    model = groupmixformer("t", features_only=True, out_indices=(1, 2))
+    assert model.out_channels == [160, 200]
+    assert model.out_strides == [8, 16]
+    assert model.num_stages == 3  # stage 3 is not built
+    assert not hasattr(model, "head")
+    maps = model.eval()(torch.randn(2, 3, 64, 96))
+    assert [tuple(m.shape) for m in maps] == [(2, 160, 8, 12), (2, 200, 4, 6)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(embedding_dims=(40, 80, 165, 160)), "multiples of 10"),
+        (dict(embedding_dims=(40, 80, 160, 0)), "multiples of 10"),
+        (dict(num_heads=4), "num_heads=8"),
+        (dict(serial_depths=(1, 1, 1)), "4 entries"),
+        (dict(aggregator="median"), "unknown aggregator"),
+        (dict(features_only=True, out_indices=(0, 4)), "out_indices"),
+    ],
+)
+def test_bad_configuration_is_refused_at_build(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GroupMixFormer(**{**dict(embedding_dims=(40, 80, 160, 160), serial_depths=(1, 1, 1, 1)), **kwargs})
+
+
+def test_unknown_variant():
+    with pytest.raises(ValueError, match="unknown GroupMixFormer variant 'x'"):
+        groupmixformer("x")
+    assert count_parameters(groupmixformer("GroupMixFormer-M")) == SPEC_PARAMS["m"]
+
+
+@pytest.mark.parametrize("aggregator", ["min", "avg", "max"])
+def test_pooling_aggregators(aggregator):
+    conv = groupmixformer("m", num_classes=10)
+    pooled = groupmixformer("m", num_classes=10, aggregator=aggregator)
+    assert count_parameters(pooled) < count_parameters(conv)  # the aggregators' convs are gone
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    logits = pooled.train()(x)
+    logits.sum().backward()
+    assert logits.shape == (2, 10) and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="only fit the default conv aggregator"):
+        groupmixformer("m", aggregator=aggregator, pretrained={"x": torch.zeros(1)})
+
+
+def test_min_pool_is_a_min():
+    from gmyolo.models.groupmixformer import MinPool2d
+
+    x = torch.randn(1, 2, 9, 9)
+    assert torch.equal(MinPool2d(3)(x), -torch.nn.functional.max_pool2d(-x, 3, 1, 1))
+    assert (MinPool2d(3)(x) <= x).all()
+
+
+def test_drop_path_rates_rise_linearly():
+    model = groupmixformer("m", drop_path_rate=0.3)
+    rates = [b.drop_path.p for stage in model.groupmixformer_backbone for b in stage.gma_stage]
+    assert rates[0] == 0 and rates[-1] == pytest.approx(0.3)
+    assert all(b > a for a, b in zip(rates, rates[1:]))
+    default = groupmixformer("b")
+    assert default.groupmixformer_backbone[3].gma_stage[-1].drop_path.p == pytest.approx(0.5)
+
+
+def test_training_step_updates_and_freeze_stages():
+    model = groupmixformer("m", num_classes=5, drop_path_rate=0.1)
+    model.freeze_stages(2)
+    model.train()
+    assert not model.conv_stem.norm1.training and not model.groupmixformer_backbone[1].training
+    assert model.groupmixformer_backbone[2].training
+    frozen_before = model.patch_embed_layers[0].norm.running_mean.clone()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 1, 2, 3])
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    assert all(p.grad is None for p in model.conv_stem.parameters())
+    assert model.head.weight.grad is not None and torch.isfinite(model.head.weight.grad).all()
+    assert torch.equal(model.patch_embed_layers[0].norm.running_mean, frozen_before)
+
+
+def test_no_weight_decay_names_norms_biases_and_position_convs():
+    model = groupmixformer("m")
+    names = model.no_weight_decay()
+    assert "groupmixformer_backbone.0.gma_stage.0.cpe.proj.weight" in names
+    assert "groupmixformer_backbone.0.gma_stage.0.att.crpe.conv_list.0.weight" in names
+    assert "groupmixformer_backbone.0.gma_stage.0.norm1.weight" in names
+    assert "head.bias" in names
+    assert "groupmixformer_backbone.0.gma_stage.0.att.qkv.weight" not in names
+
+
+def test_reset_classifier():
+    model = groupmixformer("m")
+    model.reset_classifier(7)
+    assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
