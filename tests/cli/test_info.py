@@ -67,3 +67,26 @@ def test_module_entry_point():
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["params"] == SPEC_PARAMS["m"]
+
+
+def test_info_on_a_detector_yaml(capsys):
+    """The check people run on a new config: layer table, totals, GFLOPs, output shapes."""
+    assert main(["info", "--model", "yolov5s-gmf-t.yaml", "--imgsz", "640"]) == 0
+    out = capsys.readouterr().out
+    assert "GroupMixFormer" in out and "map 2 of layer 0" in out and "Detect" in out
+    assert "parameters 14,037,189" in out and "GFLOPs" in out
+    assert "decoded (1, 25200, 85)" in out and "(1, 3, 20, 20, 85)" in out
+
+
+def test_info_detector_json(capsys):
+    summary = run_json(capsys, "--model", "yolov5n", "--imgsz", "320", "--nc", "3")
+    assert summary["nc"] == 3 and summary["strides"] == [8, 16, 32]
+    assert summary["output_shapes"]["decoded"] == [1, 3 * (40 * 40 + 20 * 20 + 10 * 10), 8]
+    assert [row["index"] for row in summary["layers"]] == list(range(25))
+
+
+def test_info_detector_bad_yaml(capsys, tmp_path):
+    (tmp_path / "bad.yaml").write_text("nc: 2\nbackbone:\n  [[-1, 1, Conv, [width, 3, 2]]]\nhead: []\n")
+    assert main(["info", "--model", str(tmp_path / "bad.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "line 3" in err and "output width" in err and len(err.splitlines()) == 1

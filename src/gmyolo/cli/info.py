@@ -1,4 +1,9 @@
-"""``gmyolo info``: a model's stages, parameters and MACs at a given input size."""
+"""``gmyolo info``: what a model is made of — layers, parameters, MACs and output shapes at a size.
+
+A GroupMixFormer variant name (``groupmixformer-t``) shows the backbone/classifier per stage; a model
+YAML (packaged name or path, e.g. ``yolov5s-gmf-t.yaml``) shows the detector layer by layer, the way
+people check a new config before training it.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,11 @@ import argparse
 import json
 from typing import Any
 
-from ..models.groupmixformer import groupmixformer, variant_name
+import torch
+
+from ..models.groupmixformer import VARIANTS, groupmixformer, variant_name
 from ..models.summary import count_macs, count_parameters, groupmixformer_stages
+from ..models.yolo import DetectionModel
 
 DEFAULT_MODEL = "groupmixformer-t"
 
@@ -20,35 +28,62 @@ def image_size(values: list[int]) -> tuple[int, int]:
 
 
 def add_info_parser(commands: argparse._SubParsersAction) -> None:
-    p = commands.add_parser("info", help="per-stage table, parameters and MACs of a model")
+    p = commands.add_parser("info", help="layers, parameters, MACs and output shapes of a model")
     p.add_argument(
         "--model",
         default=DEFAULT_MODEL,
-        help=f"model name (default {DEFAULT_MODEL}); groupmixformer-m, -t, -s, -b or -l",
+        help=f"groupmixformer-m|t|s|b|l, or a detector YAML: packaged name or path (default {DEFAULT_MODEL})",
     )
     p.add_argument(
-        "--imgsz", type=int, nargs="+", default=[224], metavar="N", help="input size: N or H W (default 224)"
+        "--imgsz",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="input size: N or H W (default 224 for a backbone, 640 for a detector)",
     )
-    p.add_argument("--num-classes", type=int, default=1000, help="classifier classes (default 1000)")
-    p.add_argument("--features", action="store_true", help="features mode: no classifier, four stage maps")
+    p.add_argument(
+        "--num-classes",
+        "--nc",
+        type=int,
+        default=None,
+        dest="num_classes",
+        help="classes (default: 1000 for a classifier, the YAML's nc for a detector)",
+    )
+    p.add_argument("--features", action="store_true", help="backbone features mode: no classifier")
     p.add_argument(
         "--aggregator",
         default="conv",
         choices=["conv", "min", "avg", "max"],
         help="GMA aggregator (official weights only fit 'conv')",
     )
-    p.add_argument("--weights", default=None, help="load an authors'-format checkpoint first")
+    p.add_argument("--weights", default=None, help="load an authors'-format GroupMixFormer checkpoint first")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     p.set_defaults(run=run_info)
 
 
+def is_backbone_name(name: str) -> bool:
+    """'groupmixformer-t', 't', 'groupmixformer-x' (an error later) — but not a '.yaml' model file."""
+    key = name.strip().lower()
+    if key.endswith((".yaml", ".yml")):
+        return False
+    return key in VARIANTS or key.startswith(("groupmixformer", "gmf-", "gmf_"))
+
+
 def run_info(args: argparse.Namespace) -> dict[str, Any]:
-    imgsz = image_size(args.imgsz)
+    summary = backbone_info(args) if is_backbone_name(args.model) else detector_info(args)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return summary
+
+
+def backbone_info(args: argparse.Namespace) -> dict[str, Any]:
+    imgsz = image_size(args.imgsz or [224])
     name = f"groupmixformer-{variant_name(args.model)}"
     model = groupmixformer(
         args.model,
         pretrained=args.weights,
-        num_classes=args.num_classes,
+        num_classes=args.num_classes or 1000,
         features_only=args.features,
         aggregator=args.aggregator,
     )
@@ -70,20 +105,66 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
             for r in rows
         ],
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return summary
-    print(f"{name}  input 1x3x{imgsz[0]}x{imgsz[1]}")
-    header = f"{'layer':<8}{'channels':>9}{'depth':>7}{'stride':>8}  {'output shape':<22}{'params':>13}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        stride = str(r.stride) if r.stride else "-"
-        shape = "x".join(map(str, r.output_shape))
-        print(f"{r.name:<8}{r.channels:>9}{r.depth:>7}{stride:>8}  {shape:<22}{r.params:>13,}")
-    print("-" * len(header))
-    print(
-        f"parameters {summary['params']:,}   MACs {summary['macs'] / 1e9:.3f} G "
-        "(torch.utils.flop_counter: convs and matmuls)"
-    )
+    if not args.json:
+        print(f"{name}  input 1x3x{imgsz[0]}x{imgsz[1]}")
+        header = f"{'layer':<8}{'channels':>9}{'depth':>7}{'stride':>8}  {'output shape':<22}{'params':>13}"
+        print(header)
+        print("-" * len(header))
+        for r in rows:
+            stride = str(r.stride) if r.stride else "-"
+            shape = "x".join(map(str, r.output_shape))
+            print(f"{r.name:<8}{r.channels:>9}{r.depth:>7}{stride:>8}  {shape:<22}{r.params:>13,}")
+        print("-" * len(header))
+        print(
+            f"parameters {summary['params']:,}   MACs {summary['macs'] / 1e9:.3f} G "
+            "(torch.utils.flop_counter: convs and matmuls)"
+        )
+    return summary
+
+
+def detector_info(args: argparse.Namespace) -> dict[str, Any]:
+    if args.weights or args.features or args.aggregator != "conv":
+        raise ValueError(
+            "--weights, --features and --aggregator apply to GroupMixFormer names; "
+            "for a detector YAML set them in the backbone's args"
+        )
+    imgsz = image_size(args.imgsz or [640])
+    model = DetectionModel(args.model, nc=args.num_classes).eval()
+    max_stride = int(model.stride.max())
+    if imgsz[0] % max_stride or imgsz[1] % max_stride:
+        print(
+            f"note: input {imgsz[0]}x{imgsz[1]} is not a multiple of the largest stride {max_stride}; "
+            "YOLO training and validation round sizes up to a multiple of it"
+        )
+    with torch.no_grad():
+        decoded, raw = model(torch.zeros(1, 3, *imgsz))
+    macs = count_macs(model, imgsz)
+    summary = {
+        "model": model.yaml.get("yaml_file", args.model),
+        "imgsz": list(imgsz),
+        "nc": model.nc,
+        "strides": [int(s) for s in model.stride.tolist()],
+        "params": count_parameters(model),
+        "macs": macs,
+        "gflops": 2 * macs / 1e9,
+        "layers": [
+            dict(index=r.index, source=r.source, number=r.number, params=r.params, module=r.module, args=r.args)
+            for r in model.layer_rows
+        ],
+        "output_shapes": {"decoded": list(decoded.shape), "raw": [list(r.shape) for r in raw]},
+    }
+    if not args.json:
+        print(f"{summary['model']}  nc={model.nc}  input 1x3x{imgsz[0]}x{imgsz[1]}")
+        header = f"{'':>3}  {'from':>12}  {'n':>2}  {'params':>11}  {'module':<24}args"
+        print(header)
+        for r in model.layer_rows:
+            print(f"{r.index:>3}  {str(r.source):>12}  {r.number:>2}  {r.params:>11,}  {r.module:<24}{r.args}")
+        print(
+            f"layers {len(model.layer_rows)}   parameters {summary['params']:,}   "
+            f"GFLOPs {summary['gflops']:.1f} (= 2 x {macs / 1e9:.2f} G MACs)   strides {summary['strides']}"
+        )
+        print(
+            f"output: decoded {tuple(decoded.shape)} (xywh, obj, {model.nc} classes); "
+            f"raw {', '.join(str(tuple(r.shape)) for r in raw)}"
+        )
     return summary

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.ops import StochasticDepth
 
 __all__ = [
@@ -465,6 +466,31 @@ class GroupMixFormer(nn.Module):
         super().train(mode)
         for module in getattr(self, "_frozen", []):
             module.eval()  # frozen stages keep their BatchNorm statistics
+        return self
+
+    @torch.no_grad()
+    def fuse(self) -> GroupMixFormer:
+        """Fold each BatchNorm into the convolution right before it, for inference.
+
+        Stem, patch embeddings and the conv aggregators; the identity branch's BatchNorm (no conv
+        before it) and the classifier's ``norm4`` stay. Outputs are unchanged up to float rounding.
+        """
+        self.eval()
+        pairs = [(self.conv_stem, "proj1", "norm1"), (self.conv_stem, "proj2", "norm2")]
+        pairs += [(embed, "proj.pointwise_conv", "norm") for embed in self.patch_embed_layers]
+        if self.config["aggregator"] == "conv":
+            for stage in self.groupmixformer_backbone:
+                for block in stage.gma_stage:
+                    agg = block.att.aggregator
+                    pairs += [(agg, f"agg{j}.pointwise_conv", f"norm{j}") for j in (1, 2, 3)]
+        for owner, conv_name, bn_name in pairs:
+            bn = getattr(owner, bn_name)
+            if not isinstance(bn, nn.BatchNorm2d):
+                continue  # already fused
+            parent_name, _, leaf = conv_name.rpartition(".")
+            parent = owner.get_submodule(parent_name) if parent_name else owner
+            setattr(parent, leaf, fuse_conv_bn_eval(getattr(parent, leaf), bn))
+            setattr(owner, bn_name, nn.Identity())
         return self
 
     # ---- forward --------------------------------------------------------------------------------

@@ -1,0 +1,326 @@
+"""YOLO detection models built from YOLOv5-format YAML, with multi-output backbones.
+
+A model YAML has ``nc``, ``depth_multiple``, ``width_multiple``, ``anchors`` and ``backbone`` +
+``head`` lists of ``[from, number, module, args]``. A module that returns several maps (a
+backbone such as GroupMixFormer) occupies one layer index per map: later layers refer to each map
+by its index, exactly like any other layer. Names resolve through :mod:`gmyolo.models.registry`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from .head import Detect
+from .registry import MODULES, LayerContext
+
+__all__ = ["DetectionModel", "ModelConfigError", "BackboneOutput", "load_model_yaml", "parse_model", "packaged_models"]
+
+LOGGER = logging.getLogger("gmyolo")
+CONFIG_PACKAGE = "gmyolo.cfg.models"
+
+
+class ModelConfigError(ValueError):
+    """A model YAML that cannot be built; the message names the file and line."""
+
+
+class BackboneOutput(nn.Module):
+    """Placeholder for map ``k`` of the multi-output layer at index ``source`` (it holds no weights).
+
+    It keeps layer indices equal to module positions, so ``model.model[i]`` is YAML layer ``i``.
+    """
+
+    def __init__(self, source: int, k: int):
+        super().__init__()
+        self.source, self.k = source, k
+
+    def forward(self, x):  # never called: the backbone already stored this map
+        raise RuntimeError("BackboneOutput is a placeholder and is not run")
+
+    def extra_repr(self) -> str:
+        return f"map {self.k} of layer {self.source}"
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML
+# --------------------------------------------------------------------------------------------------
+def packaged_models() -> list[str]:
+    """Names of the model YAMLs shipped with gmyolo."""
+    return sorted(p.name[:-5] for p in resources.files(CONFIG_PACKAGE).iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_model_path(cfg: str | os.PathLike) -> Path:
+    """A path, or a packaged name with or without '.yaml' ('yolov5s', 'yolov5s-gmf-t.yaml')."""
+    path = Path(cfg)
+    if path.is_file():
+        return path
+    name = path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml"
+    packaged = resources.files(CONFIG_PACKAGE) / name
+    if len(path.parts) == 1 and packaged.is_file():
+        return Path(str(packaged))
+    raise ModelConfigError(f"model config not found: {cfg} (packaged models: {', '.join(packaged_models())})")
+
+
+def layer_lines(text: str) -> dict[tuple[str, int], int]:
+    """Line number (1-based) of every layer entry in the 'backbone' and 'head' lists."""
+    lines: dict[tuple[str, int], int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            if key.value in ("backbone", "head") and isinstance(value, yaml.SequenceNode):
+                for j, node in enumerate(value.value):
+                    lines[(key.value, j)] = node.start_mark.line + 1
+    return lines
+
+
+def load_model_yaml(cfg: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
+    """Read a model YAML (path, packaged name or dict) with yaml.safe_load; check the top-level fields."""
+    if isinstance(cfg, Mapping):
+        d, source, lines = copy.deepcopy(dict(cfg)), "model config", {}
+    else:
+        path = resolve_model_path(cfg)
+        text = path.read_text()
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ModelConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        source, lines = str(path), layer_lines(text)
+        if not isinstance(d, dict):
+            raise ModelConfigError(f"{path}: expected a mapping with nc, anchors, backbone and head")
+        d.setdefault("yaml_file", str(path))
+    d["_source"], d["_lines"] = source, lines
+    check_top_level(d)
+    return d
+
+
+def check_top_level(d: dict[str, Any]) -> None:
+    src = d["_source"]
+    for key in ("nc", "backbone", "head"):
+        if key not in d:
+            raise ModelConfigError(f"{src}: missing required field '{key}'")
+    if not isinstance(d["nc"], int) or isinstance(d["nc"], bool) or d["nc"] < 1:
+        raise ModelConfigError(f"{src}: 'nc' must be a positive integer, got {d['nc']!r}")
+    for key in ("depth_multiple", "width_multiple"):
+        v = d.setdefault(key, 1.0)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            raise ModelConfigError(f"{src}: '{key}' must be a positive number, got {v!r}")
+    for key in ("backbone", "head"):
+        if not isinstance(d[key], list):
+            raise ModelConfigError(f"{src}: '{key}' must be a list of [from, number, module, args] layers")
+    anchors = d.get("anchors")
+    if anchors is not None and not (
+        (isinstance(anchors, int) and not isinstance(anchors, bool) and anchors > 0)
+        or (
+            isinstance(anchors, list)
+            and anchors
+            and all(
+                isinstance(a, list) and a and len(a) % 2 == 0 and all(isinstance(v, (int, float)) for v in a)
+                for a in anchors
+            )
+        )
+    ):
+        raise ModelConfigError(
+            f"{src}: 'anchors' must be a count per level or a list of [w1, h1, w2, h2, ...] lists, got {anchors!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LayerRow:
+    """One line of the layer table."""
+
+    index: int
+    source: int | list[int]
+    number: int
+    params: int
+    module: str
+    args: list[Any]
+
+
+def resolve_arg(a: Any, d: dict[str, Any]) -> Any:
+    """YOLOv5 writes 'nc', 'anchors' and 'None' as strings; every other string stays a string."""
+    if a == "nc":
+        return d["nc"]
+    if a == "anchors":
+        return d.get("anchors")
+    if a == "None":
+        return None
+    return a
+
+
+def parse_model(d: dict[str, Any], ch: int = 3) -> tuple[nn.Sequential, list[int], list[LayerRow]]:
+    """Build the layers of a checked model dict. Returns the layers, the saved indices and the table."""
+    anchors, nc, gd, gw = d.get("anchors"), d["nc"], d["depth_multiple"], d["width_multiple"]
+    na = (len(anchors[0]) // 2 if isinstance(anchors, list) else anchors) if anchors else 3
+    no = na * (nc + 5)
+    channels: list[int] = []  # per layer index
+    strides: list[float] = []
+    layers: list[nn.Module] = []
+    rows: list[LayerRow] = []
+    save: set[int] = set()
+    entries = [("backbone", j, e) for j, e in enumerate(d["backbone"])] + [
+        ("head", j, e) for j, e in enumerate(d["head"])
+    ]
+    for section, j, entry in entries:
+        i = len(layers)
+        line = d["_lines"].get((section, j))
+        where = f"{d['_source']}" + (f" line {line}" if line else "") + f" ({section} entry {j}, layer {i})"
+        f, n, name, args, kwargs = check_entry(entry, where, i)
+        if name not in MODULES:
+            raise ModelConfigError(
+                f"{where}: unknown module '{name}'; registered modules: {', '.join(sorted(MODULES))}"
+            )
+        sources = [f] if isinstance(f, int) else list(f)
+        in_ch = [ch if i == 0 else channels[s] for s in sources]
+        in_st = [1.0 if i == 0 else strides[s] for s in sources]
+        n = max(round(n * gd), 1) if n > 1 else n
+        ctx = LayerContext(
+            index=i,
+            number=n,
+            args=[resolve_arg(a, d) for a in args],
+            kwargs=kwargs,
+            in_channels=in_ch,
+            in_strides=in_st,
+            width_multiple=gw,
+            nc=nc,
+            num_outputs_detect=no,
+        )
+        layer_type = MODULES[name]
+        try:
+            built = layer_type.rule(layer_type.constructor, ctx)
+        except ModelConfigError:
+            raise
+        except (TypeError, ValueError, IndexError, KeyError, RuntimeError, OSError) as e:
+            raise ModelConfigError(f"{where}: cannot build {name} with args {args}: {e}") from None
+        module = built.module
+        module.i, module.f, module.type = i, f, name
+        module.num_outputs = len(built.out_channels)
+        params = sum(p.numel() for p in module.parameters())
+        rows.append(LayerRow(i, f, n, params, name, built.args))
+        save.update(s % i for s in sources if s != -1)
+        layers.append(module)
+        for k in range(1, module.num_outputs):  # extra maps of a multi-output module get their own indices
+            slot = BackboneOutput(i, k)
+            slot.i, slot.f, slot.type, slot.num_outputs = i + k, i, "BackboneOutput", 1
+            layers.append(slot)
+            rows.append(LayerRow(i + k, i, 1, 0, f"  map {k} of layer {i}", []))
+        channels.extend(built.out_channels)
+        strides.extend(built.out_strides)
+    if not layers:
+        raise ModelConfigError(f"{d['_source']}: the model has no layers")
+    return nn.Sequential(*layers), sorted(save), rows
+
+
+def check_entry(entry: Any, where: str, i: int) -> tuple[Any, int, str, list[Any], dict[str, Any]]:
+    """Validate one [from, number, module, args] entry; a trailing dict in args holds keyword arguments."""
+    if not isinstance(entry, list) or len(entry) != 4:
+        raise ModelConfigError(f"{where}: a layer must be [from, number, module, args], got {entry!r}")
+    f, n, name, args = entry
+    sources = [f] if isinstance(f, int) and not isinstance(f, bool) else f
+    if (
+        not isinstance(sources, list)
+        or not sources
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in sources)
+    ):
+        raise ModelConfigError(f"{where}: 'from' must be a layer index or a list of indices, got {f!r}")
+    for s in sources:
+        if i == 0 and s != -1:
+            raise ModelConfigError(f"{where}: the first layer must read the input (from -1), got {s}")
+        if i > 0 and not (-i <= s < i):
+            raise ModelConfigError(f"{where}: 'from' index {s} does not name an earlier layer (0..{i - 1} or -1..-{i})")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ModelConfigError(f"{where}: 'number' must be a positive integer, got {n!r}")
+    if not isinstance(name, str):
+        raise ModelConfigError(f"{where}: 'module' must be a module name, got {name!r}")
+    if not isinstance(args, list):
+        raise ModelConfigError(f"{where}: 'args' must be a list, got {args!r}")
+    kwargs = args[-1] if args and isinstance(args[-1], dict) else {}
+    if kwargs:
+        args = args[:-1]
+        if not all(isinstance(k, str) and k.isidentifier() for k in kwargs):
+            raise ModelConfigError(f"{where}: keyword argument names must be identifiers, got {list(kwargs)}")
+    return f, n, name, list(args), dict(kwargs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+class DetectionModel(nn.Module):
+    """A YOLO detector built from a model YAML.
+
+    Args:
+        cfg: packaged model name ('yolov5s', 'yolov5s-gmf-t'), a path to a YAML file, or a dict.
+        ch: input channels.
+        nc: number of classes; overrides the file's ``nc``.
+
+    Train mode returns the raw per-level head outputs (B×na×H×W×(5+nc) each); eval mode returns
+    ``(decoded, raw)`` with decoded B×N×(5+nc): xywh in input pixels, objectness and class scores
+    after sigmoid.
+    """
+
+    def __init__(
+        self, cfg: str | os.PathLike | Mapping[str, Any] = "yolov5s-gmf-t", ch: int = 3, nc: int | None = None
+    ):
+        super().__init__()
+        d = load_model_yaml(cfg)
+        if nc is not None and nc != d["nc"]:
+            if not isinstance(nc, int) or nc < 1:
+                raise ModelConfigError(f"nc must be a positive integer, got {nc!r}")
+            LOGGER.info("overriding the model's nc=%d with nc=%d", d["nc"], nc)
+            d["nc"] = nc
+        self.model, self.save, self.layer_rows = parse_model(d, ch)
+        self.yaml = {k: v for k, v in d.items() if not k.startswith("_")}  # plain data, saved in checkpoints
+        self.nc = d["nc"]
+        self.names = {i: str(i) for i in range(self.nc)}
+        head = self.model[-1]
+        if not isinstance(head, Detect):
+            raise ModelConfigError(f"{d['_source']}: the last layer must be Detect, got {type(head).__name__}")
+        head.initialize_biases()
+
+    @property
+    def stride(self) -> torch.Tensor:
+        return self.model[-1].stride
+
+    @property
+    def detect(self) -> Detect:
+        return self.model[-1]
+
+    def forward(self, x: torch.Tensor):
+        y: list[torch.Tensor | None] = []
+        for m in self.model:
+            if isinstance(m, BackboneOutput):
+                continue  # stored when its backbone ran
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            if m.num_outputs > 1:
+                y.extend(x)
+                x = x[-1]
+            else:
+                y.append(x if m.i in self.save else None)
+        return x
+
+    def fuse(self) -> DetectionModel:
+        """Fold BatchNorm into the convolutions before it, for inference (YOLO layers and the backbone)."""
+        self.eval()
+        for m in list(self.modules()):
+            if m is not self and callable(getattr(m, "fuse", None)):
+                m.fuse()
+        return self
