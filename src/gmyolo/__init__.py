@@ -1,7 +1,9 @@
 """gmyolo: YOLO object detection with GroupMixFormer (Group-Mix Attention) backbones."""
 
-from .models.groupmixformer import CheckpointError, GroupMixFormer, groupmixformer
-
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "CheckpointError", "GroupMixFormer", "groupmixformer"]
+from .api import YOLO  # noqa: E402
+from .models.groupmixformer import CheckpointError, GroupMixFormer, groupmixformer  # noqa: E402
+from .models.yolo import DetectionModel  # noqa: E402
+
+__all__ = ["__version__", "YOLO", "CheckpointError", "DetectionModel", "GroupMixFormer", "groupmixformer"]

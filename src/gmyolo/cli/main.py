@@ -8,7 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..engine.trainer import TrainingDiverged
+from .data import add_data_parser
 from .info import add_info_parser
+from .train import add_train_parser, add_val_parser
 
 __all__ = ["main", "build_parser"]
 
@@ -19,6 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     add_info_parser(commands)
+    add_train_parser(commands)
+    add_val_parser(commands)
+    add_data_parser(commands)
     return parser
 
 
@@ -31,8 +37,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
         args.run(args)
-    except (ValueError, OSError) as e:  # user errors: bad names, sizes, files, checkpoints
-        print(f"gmyolo {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"gmyolo {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, TrainingDiverged) as e:  # user errors: bad names, sizes, files, checkpoints, datasets
+        name = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
+        print(f"gmyolo {name}: error: {e}", file=sys.stderr)
         return 2
     return 0
 

@@ -11,8 +11,11 @@ from .groupmixformer import (
     groupmixformer_s,
     groupmixformer_t,
 )
+from .yolo import DetectionModel, ModelConfigError
 
 __all__ = [
+    "DetectionModel",
+    "ModelConfigError",
     "VARIANTS",
     "CheckpointError",
     "GroupMixFormer",

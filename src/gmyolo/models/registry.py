@@ -152,17 +152,19 @@ def groupmixformer_backbone(
     drop_path_rate: float | None = None,
     frozen_stages: int = 0,
     in_chans: int = 3,
-    aggregator: str = "conv",
+    **overrides: Any,
 ) -> GroupMixFormer:
     """YAML args ``[variant, out_indices, pretrained, drop_path_rate, frozen_stages]``.
 
     Returns GroupMixFormer in features mode; ``pretrained`` is a path to the authors' checkpoint
-    (its classifier is dropped); ``drop_path_rate`` None keeps the variant's default.
+    (its classifier is dropped); ``drop_path_rate`` None keeps the variant's default. Keyword
+    arguments (a trailing mapping in the YAML args) override the variant's settings, e.g.
+    ``{serial_depths: [1, 1, 2, 1]}`` or ``{aggregator: avg}``.
     """
-    kwargs: dict[str, Any] = dict(features_only=True, out_indices=tuple(out_indices), in_chans=in_chans)
+    kwargs: dict[str, Any] = dict(features_only=True, out_indices=tuple(out_indices), in_chans=in_chans, **overrides)
     if drop_path_rate is not None:
         kwargs["drop_path_rate"] = drop_path_rate
-    model = groupmixformer(variant, pretrained=pretrained, aggregator=aggregator, **kwargs)
+    model = groupmixformer(variant, pretrained=pretrained, **kwargs)
     if frozen_stages:
         model.freeze_stages(frozen_stages)
     return model

@@ -1,0 +1,100 @@
+"""``gmyolo train`` and ``gmyolo val``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from ..engine.trainer import TrainArgs, train
+from ..engine.val import ValArgs, run_val
+
+
+def parse_hyp(items: list[str]) -> dict[str, float]:
+    """--hyp lr0=0.005 mosaic=0.5 -> {'lr0': 0.005, 'mosaic': 0.5} (values checked later)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--hyp takes KEY=VALUE pairs, got {item!r}")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--hyp {key}: {value!r} is not a number") from None
+    return out
+
+
+def add_train_parser(commands: argparse._SubParsersAction) -> None:
+    d = TrainArgs()
+    p = commands.add_parser("train", help="train a detector (default: GroupMixFormer detector on synthetic data)")
+    p.add_argument("--data", default=d.data, help="dataset YAML, or 'synth' for the built-in dataset (default)")
+    p.add_argument("--model", default=d.model, help=f"model YAML: packaged name or path (default {d.model})")
+    p.add_argument("--weights", default=None, help="start from a gmyolo checkpoint (tensors copied where they fit)")
+    p.add_argument("--backbone-weights", default=None, help="the authors' GroupMixFormer ImageNet checkpoint")
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--imgsz", type=int, default=d.imgsz, help="training image size (rounded up to the max stride)")
+    p.add_argument("--batch", type=int, default=d.batch, help="batch size")
+    p.add_argument(
+        "--nbs",
+        type=int,
+        default=d.nbs,
+        help=f"nominal batch: gradients accumulate over nbs/batch batches (default {d.nbs}; YOLOv5 uses 64)",
+    )
+    p.add_argument("--device", default=d.device, help="'' (auto), cpu, 0, cuda:0")
+    p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="last",
+        default=None,
+        metavar="LAST_PT",
+        help="continue an interrupted run (its last.pt; without a path: the latest run)",
+    )
+    p.add_argument("--optimizer", default=d.optimizer, help="auto (AdamW for transformer backbones), SGD, AdamW")
+    p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (default linear)")
+    p.add_argument("--patience", type=int, default=d.patience, help="early stop after N epochs without improvement")
+    p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers (e.g. 1 = the whole backbone)")
+    p.add_argument("--freeze-stages", type=int, default=0, help="freeze the stem and first N GroupMixFormer stages")
+    p.add_argument("--close-mosaic", type=int, default=d.close_mosaic, help="no mosaic for the last N epochs")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    p.add_argument("--cache", action="store_true", help="cache decoded training images in RAM")
+    p.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE", help="hyper-parameter overrides")
+    p.add_argument("--no-plots", dest="plots", action="store_false")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> dict:
+    fields = {f.name for f in dataclasses.fields(TrainArgs)}
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["hyp"] = parse_hyp(args.hyp)
+    return train(TrainArgs(**values))
+
+
+def add_val_parser(commands: argparse._SubParsersAction) -> None:
+    d = ValArgs()
+    p = commands.add_parser("val", help="evaluate a checkpoint: P, R, mAP50, mAP50-95 per class")
+    p.add_argument("--weights", default=d.weights, help="a gmyolo checkpoint (best.pt / last.pt)")
+    p.add_argument("--data", default=None, help="dataset YAML (default: the one the model was trained on)")
+    p.add_argument("--split", default=d.split, choices=["train", "val", "test"])
+    p.add_argument("--imgsz", type=int, default=None, help="image size (default: the training size)")
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--conf", type=float, default=d.conf, help="confidence threshold")
+    p.add_argument("--iou", type=float, default=d.iou, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=d.max_det)
+    p.add_argument("--save-json", action="store_true", help="write COCO-format detections and run pycocotools")
+    p.add_argument("--coco-gt", default=None, help="COCO ground-truth JSON for pycocotools (default: from labels)")
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--exist-ok", action="store_true")
+    p.add_argument("--no-plots", dest="plots", action="store_false")
+    p.set_defaults(run=run_val_cli)
+
+
+def run_val_cli(args: argparse.Namespace) -> dict:
+    fields = {f.name for f in dataclasses.fields(ValArgs)}
+    return run_val(ValArgs(**{k: v for k, v in vars(args).items() if k in fields}))

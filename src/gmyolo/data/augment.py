@@ -1,0 +1,177 @@
+"""Image augmentations as YOLOv5 does them, on HxWx3 uint8 BGR arrays with pixel xyxy boxes.
+
+Randomness always comes from a ``numpy.random.Generator`` passed in, so a sample's augmentation is
+a function of (seed, epoch, index) and does not depend on the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "AUGMENT_DEFAULTS",
+    "letterbox",
+    "random_affine",
+    "augment_hsv",
+    "mixup",
+    "box_candidates",
+    "xyxy_to_xywhn",
+    "xywhn_to_xyxy",
+]
+
+# YOLOv5's "scratch-low" augmentation settings; each one can be set from the hyper-parameters.
+AUGMENT_DEFAULTS: dict[str, float] = {
+    "hsv_h": 0.015,  # hue gain (fraction)
+    "hsv_s": 0.7,  # saturation gain
+    "hsv_v": 0.4,  # value gain
+    "degrees": 0.0,  # rotation (+/- deg)
+    "translate": 0.1,  # translation (+/- fraction)
+    "scale": 0.5,  # scale gain (+/-)
+    "shear": 0.0,  # shear (+/- deg)
+    "perspective": 0.0,  # perspective (+/- fraction), 0-0.001
+    "flipud": 0.0,  # probability of an up-down flip
+    "fliplr": 0.5,  # probability of a left-right flip
+    "mosaic": 1.0,  # probability of a 4-image mosaic
+    "mixup": 0.0,  # probability of mixup (of two mosaics)
+}
+PAD_VALUE = 114
+
+
+def xywhn_to_xyxy(xywhn: np.ndarray, w: float, h: float, padw: float = 0.0, padh: float = 0.0) -> np.ndarray:
+    """(n, 4) normalised cx, cy, w, h -> pixel x1, y1, x2, y2 on a w×h image placed at (padw, padh)."""
+    out = np.empty_like(xywhn, dtype=np.float32)
+    out[:, 0] = w * (xywhn[:, 0] - xywhn[:, 2] / 2) + padw
+    out[:, 1] = h * (xywhn[:, 1] - xywhn[:, 3] / 2) + padh
+    out[:, 2] = w * (xywhn[:, 0] + xywhn[:, 2] / 2) + padw
+    out[:, 3] = h * (xywhn[:, 1] + xywhn[:, 3] / 2) + padh
+    return out
+
+
+def xyxy_to_xywhn(xyxy: np.ndarray, w: int, h: int) -> np.ndarray:
+    """(n, 4) pixel boxes -> normalised cx, cy, w, h, clipped to the w×h image."""
+    b = xyxy.copy()
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
+    out = np.empty_like(b, dtype=np.float32)
+    out[:, 0] = (b[:, 0] + b[:, 2]) / 2 / w
+    out[:, 1] = (b[:, 1] + b[:, 3]) / 2 / h
+    out[:, 2] = (b[:, 2] - b[:, 0]) / w
+    out[:, 3] = (b[:, 3] - b[:, 1]) / h
+    return out
+
+
+def letterbox(
+    im: np.ndarray,
+    new_shape: int | tuple[int, int] = 640,
+    scaleup: bool = True,
+    auto: bool = False,
+    stride: int = 32,
+) -> tuple[np.ndarray, float, tuple[float, float]]:
+    """Resize keeping the aspect ratio and pad to ``new_shape`` (h, w) with grey.
+
+    Returns the image, the scale applied and the (left, top) padding in pixels. ``auto`` pads only
+    to the next multiple of ``stride`` (minimum rectangle) instead of the full shape.
+    """
+    h0, w0 = im.shape[:2]
+    nh, nw = (new_shape, new_shape) if isinstance(new_shape, int) else new_shape
+    r = min(nh / h0, nw / w0)
+    if not scaleup:
+        r = min(r, 1.0)
+    uh, uw = int(round(h0 * r)), int(round(w0 * r))
+    dw, dh = nw - uw, nh - uh
+    if auto:
+        dw, dh = dw % stride, dh % stride
+    dw, dh = dw / 2, dh / 2
+    if (uh, uw) != (h0, w0):
+        im = cv2.resize(im, (uw, uh), interpolation=cv2.INTER_LINEAR)
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    im = cv2.copyMakeBorder(im, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(PAD_VALUE,) * 3)
+    return im, r, (left, top)
+
+
+def box_candidates(before: np.ndarray, after: np.ndarray, wh_thr=2.0, ar_thr=100.0, area_thr=0.1) -> np.ndarray:
+    """Keep boxes (n, 4 xyxy) that stay > wh_thr px, keep > area_thr of their area and are not sliver-thin."""
+    w1, h1 = before[:, 2] - before[:, 0], before[:, 3] - before[:, 1]
+    w2, h2 = after[:, 2] - after[:, 0], after[:, 3] - after[:, 1]
+    ar = np.maximum(w2 / (h2 + 1e-16), h2 / (w2 + 1e-16))
+    return (w2 > wh_thr) & (h2 > wh_thr) & (w2 * h2 / (w1 * h1 + 1e-16) > area_thr) & (ar < ar_thr)
+
+
+def random_affine(
+    im: np.ndarray,
+    boxes: np.ndarray,
+    rng: np.random.Generator,
+    degrees: float = 0.0,
+    translate: float = 0.1,
+    scale: float = 0.5,
+    shear: float = 0.0,
+    perspective: float = 0.0,
+    border: tuple[int, int] = (0, 0),
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Random perspective/affine warp (YOLOv5's random_perspective).
+
+    ``boxes`` (n, 4) pixel xyxy. ``border`` (negative) crops: a 2s×2s mosaic with border (-s/2, -s/2)
+    comes out s×s. Returns the image, the transformed boxes of the kept objects and the keep mask.
+    """
+    height = im.shape[0] + border[0] * 2
+    width = im.shape[1] + border[1] * 2
+
+    C = np.eye(3)  # move the centre to the origin
+    C[0, 2], C[1, 2] = -im.shape[1] / 2, -im.shape[0] / 2
+    P = np.eye(3)
+    P[2, 0], P[2, 1] = rng.uniform(-perspective, perspective), rng.uniform(-perspective, perspective)
+    R = np.eye(3)
+    s = rng.uniform(1 - scale, 1 + scale)
+    R[:2] = cv2.getRotationMatrix2D(center=(0, 0), angle=rng.uniform(-degrees, degrees), scale=s)
+    S = np.eye(3)
+    S[0, 1] = math.tan(rng.uniform(-shear, shear) * math.pi / 180)
+    S[1, 0] = math.tan(rng.uniform(-shear, shear) * math.pi / 180)
+    T = np.eye(3)
+    T[0, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * width
+    T[1, 2] = rng.uniform(0.5 - translate, 0.5 + translate) * height
+    M = T @ S @ R @ P @ C  # right to left: centre, perspective, rotate+scale, shear, translate
+
+    if border[0] != 0 or border[1] != 0 or (M != np.eye(3)).any():
+        if perspective:
+            im = cv2.warpPerspective(im, M, dsize=(width, height), borderValue=(PAD_VALUE,) * 3)
+        else:
+            im = cv2.warpAffine(im, M[:2], dsize=(width, height), borderValue=(PAD_VALUE,) * 3)
+
+    n = len(boxes)
+    if not n:
+        return im, boxes.reshape(0, 4), np.zeros(0, bool)
+    corners = np.ones((n * 4, 3))
+    corners[:, :2] = boxes[:, [0, 1, 2, 3, 0, 3, 2, 1]].reshape(n * 4, 2)  # x1y1, x2y2, x1y2, x2y1
+    corners = corners @ M.T
+    xy = (corners[:, :2] / corners[:, 2:3] if perspective else corners[:, :2]).reshape(n, 8)
+    x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
+    new = np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], 1)
+    new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
+    new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
+    keep = box_candidates(boxes * s, new)
+    return im, new[keep].astype(np.float32), keep
+
+
+def augment_hsv(im: np.ndarray, rng: np.random.Generator, hgain=0.5, sgain=0.5, vgain=0.5) -> None:
+    """Random hue, saturation and value gains, in place, through lookup tables."""
+    if not (hgain or sgain or vgain):
+        return
+    r = rng.uniform(-1, 1, 3) * [hgain, sgain, vgain] + 1
+    hue, sat, val = cv2.split(cv2.cvtColor(im, cv2.COLOR_BGR2HSV))
+    x = np.arange(0, 256, dtype=r.dtype)
+    lut_hue = ((x * r[0]) % 180).astype(np.uint8)
+    lut_sat = np.clip(x * r[1], 0, 255).astype(np.uint8)
+    lut_val = np.clip(x * r[2], 0, 255).astype(np.uint8)
+    hsv = cv2.merge((cv2.LUT(hue, lut_hue), cv2.LUT(sat, lut_sat), cv2.LUT(val, lut_val)))
+    cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR, dst=im)
+
+
+def mixup(im: np.ndarray, labels: np.ndarray, im2: np.ndarray, labels2: np.ndarray, rng: np.random.Generator):
+    """Blend two images (ratio ~ Beta(32, 32)) and keep both label sets."""
+    r = rng.beta(32.0, 32.0)
+    im = (im * r + im2 * (1 - r)).astype(np.uint8)
+    return im, np.concatenate((labels, labels2), 0)

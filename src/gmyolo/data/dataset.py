@@ -1,0 +1,284 @@
+"""The detection dataset and its DataLoader: images and boxes in, training or validation batches out.
+
+A batch is ``(images, targets, paths, shapes)``:
+- images: B×3×H×W uint8 RGB (the trainer scales to [0, 1] on the device);
+- targets: M×6 float32 rows ``[image index in batch, class, cx, cy, w, h]``, box normalised to H×W;
+- paths: the image files; shapes: per image ``((h0, w0), ((scale_h, scale_w), (pad_w, pad_h)))`` to map
+  predictions back to original pixels (None for mosaics).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Mapping
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .augment import AUGMENT_DEFAULTS, augment_hsv, letterbox, mixup, random_affine, xywhn_to_xyxy, xyxy_to_xywhn
+from .config import DatasetConfig, DatasetError, list_images
+from .labels import ImageRecord, LabelSummary, load_labels
+
+__all__ = ["YOLODataset", "collate_fn", "create_dataset", "build_dataloader"]
+
+LOGGER = logging.getLogger("gmyolo")
+
+
+class YOLODataset(Dataset):
+    """Images with YOLO labels; mosaic/affine/HSV/flip/mixup augmentation when ``augment``.
+
+    Args:
+        records: checked images and labels (:func:`gmyolo.data.labels.load_labels`).
+        imgsz: training size (square), or the long side for rectangular batches.
+        augment: apply the training augmentations in ``hyp``.
+        rect: rectangular batches (validation): images sorted by aspect ratio, each batch padded to
+            the smallest stride multiple that fits it. Use with ``shuffle=False``.
+        cache_images: keep decoded, resized images in RAM.
+        seed: augmentation of sample i in epoch e depends only on (seed, e, i).
+    """
+
+    def __init__(
+        self,
+        records: list[ImageRecord],
+        imgsz: int = 640,
+        augment: bool = False,
+        hyp: Mapping[str, float] | None = None,
+        rect: bool = False,
+        batch_size: int = 16,
+        stride: int = 32,
+        pad: float = 0.0,
+        cache_images: bool = False,
+        seed: int = 0,
+    ):
+        self.imgsz, self.augment, self.rect, self.stride, self.seed = imgsz, augment, rect, stride, seed
+        self.hyp = {**AUGMENT_DEFAULTS, **(hyp or {})}
+        self.mosaic = augment and not rect and self.hyp["mosaic"] > 0
+        self.epoch = 0
+        self.records = list(records)
+        self.batch_shapes: np.ndarray | None = None
+        if rect:
+            self.records, self.batch_shapes = self.rect_batches(self.records, batch_size, imgsz, stride, pad)
+        self.cache: list[np.ndarray | None] = [None] * len(self.records)
+        if cache_images:
+            self.fill_cache()
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def close_mosaic(self) -> None:
+        """Switch mosaic off (YOLOv5/Ultralytics do so for the last epochs); plain letterboxed images from now."""
+        self.mosaic = False
+
+    @staticmethod
+    def rect_batches(records, batch_size, imgsz, stride, pad):
+        aspect = np.array([r.height / r.width for r in records])
+        order = aspect.argsort()
+        records, aspect = [records[i] for i in order], aspect[order]
+        n_batches = math.ceil(len(records) / batch_size)
+        shapes = []
+        for b in range(n_batches):
+            ar = aspect[b * batch_size : (b + 1) * batch_size]
+            lo, hi = ar.min(), ar.max()
+            shapes.append([hi, 1] if hi < 1 else [1, 1 / lo] if lo > 1 else [1, 1])
+        batch_shapes = np.ceil(np.array(shapes) * imgsz / stride + pad).astype(int) * stride
+        return records, batch_shapes.repeat(batch_size, axis=0)[: len(records)]
+
+    def fill_cache(self) -> None:
+        nbytes = 0
+        for i in range(len(self)):
+            self.cache[i] = self.read_resized(i)
+            nbytes += self.cache[i].nbytes
+        LOGGER.info("cached %d images in RAM (%.1f GB)", len(self), nbytes / 1e9)
+
+    def read_resized(self, i: int) -> np.ndarray:
+        """Decode image i (BGR) and resize it so its long side is imgsz."""
+        path = self.records[i].image
+        im = cv2.imread(str(path))
+        if im is None:  # passed the check but cannot be decoded now (changed on disk?)
+            raise DatasetError(f"cannot read image {path}")
+        h0, w0 = im.shape[:2]
+        r = self.imgsz / max(h0, w0)
+        if r != 1:
+            interp = cv2.INTER_LINEAR if (self.augment or r > 1) else cv2.INTER_AREA
+            im = cv2.resize(im, (max(1, round(w0 * r)), max(1, round(h0 * r))), interpolation=interp)
+        return im
+
+    def load_image(self, i: int) -> tuple[np.ndarray, tuple[int, int]]:
+        im = self.cache[i] if self.cache[i] is not None else self.read_resized(i)
+        return im, (self.records[i].height, self.records[i].width)
+
+    def load_mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Four images around a random centre on a 2s×2s canvas, then a random affine crop back to s×s."""
+        s = self.imgsz
+        yc, xc = (int(rng.uniform(s / 2, 3 * s / 2)) for _ in range(2))
+        indices = [index, *rng.integers(0, len(self), 3).tolist()]
+        canvas = np.full((2 * s, 2 * s, 3), 114, np.uint8)
+        all_labels = []
+        for k, i in enumerate(indices):
+            im, _ = self.load_image(i)
+            h, w = im.shape[:2]
+            if k == 0:  # top left
+                x1a, y1a, x2a, y2a = max(xc - w, 0), max(yc - h, 0), xc, yc
+                x1b, y1b, x2b, y2b = w - (x2a - x1a), h - (y2a - y1a), w, h
+            elif k == 1:  # top right
+                x1a, y1a, x2a, y2a = xc, max(yc - h, 0), min(xc + w, 2 * s), yc
+                x1b, y1b, x2b, y2b = 0, h - (y2a - y1a), min(w, x2a - x1a), h
+            elif k == 2:  # bottom left
+                x1a, y1a, x2a, y2a = max(xc - w, 0), yc, xc, min(2 * s, yc + h)
+                x1b, y1b, x2b, y2b = w - (x2a - x1a), 0, w, min(y2a - y1a, h)
+            else:  # bottom right
+                x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * s), min(2 * s, yc + h)
+                x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
+            canvas[y1a:y2a, x1a:x2a] = im[y1b:y2b, x1b:x2b]
+            labels = self.records[i].labels
+            if len(labels):
+                boxes = xywhn_to_xyxy(labels[:, 1:], w, h, x1a - x1b, y1a - y1b)
+                all_labels.append(np.concatenate([labels[:, :1], boxes], 1))
+        labels = np.concatenate(all_labels, 0) if all_labels else np.zeros((0, 5), np.float32)
+        labels[:, 1:] = labels[:, 1:].clip(0, 2 * s)
+        h = self.hyp
+        canvas, boxes, keep = random_affine(
+            canvas,
+            labels[:, 1:],
+            rng,
+            h["degrees"],
+            h["translate"],
+            h["scale"],
+            h["shear"],
+            h["perspective"],
+            border=(-s // 2, -s // 2),
+        )
+        return canvas, np.concatenate([labels[keep, :1], boxes], 1)
+
+    def __getitem__(self, index: int):
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        hyp, record = self.hyp, self.records[index]
+        shapes = None
+        if self.mosaic and rng.random() < hyp["mosaic"]:
+            im, labels = self.load_mosaic(index, rng)
+            if rng.random() < hyp["mixup"]:
+                im, labels = mixup(im, labels, *self.load_mosaic(int(rng.integers(0, len(self))), rng), rng)
+        else:
+            im, (h0, w0) = self.load_image(index)
+            h, w = im.shape[:2]
+            shape = tuple(self.batch_shapes[index]) if self.rect else self.imgsz
+            im, r, (padw, padh) = letterbox(im, shape, scaleup=self.augment)
+            shapes = (h0, w0), ((h / h0 * r, w / w0 * r), (padw, padh))
+            boxes = xywhn_to_xyxy(record.labels[:, 1:], w * r, h * r, padw, padh)
+            labels = np.concatenate([record.labels[:, :1], boxes], 1)
+            if self.augment:
+                im, boxes, keep = random_affine(
+                    im,
+                    labels[:, 1:],
+                    rng,
+                    hyp["degrees"],
+                    hyp["translate"],
+                    hyp["scale"],
+                    hyp["shear"],
+                    hyp["perspective"],
+                )
+                labels = np.concatenate([labels[keep, :1], boxes], 1)
+        H, W = im.shape[:2]
+        xywhn = xyxy_to_xywhn(labels[:, 1:], W, H)
+        if self.augment:
+            augment_hsv(im, rng, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
+            if rng.random() < hyp["flipud"]:
+                im = np.flipud(im)
+                xywhn[:, 1] = 1 - xywhn[:, 1]
+            if rng.random() < hyp["fliplr"]:
+                im = np.fliplr(im)
+                xywhn[:, 0] = 1 - xywhn[:, 0]
+        targets = torch.zeros((len(labels), 6))
+        targets[:, 1] = torch.from_numpy(labels[:, 0].astype(np.float32))
+        targets[:, 2:] = torch.from_numpy(xywhn)
+        im = np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
+        return torch.from_numpy(im), targets, str(record.image), shapes
+
+
+def collate_fn(batch):
+    """Stack images; concatenate targets, writing each row's image index into column 0."""
+    images, targets, paths, shapes = zip(*batch)
+    for i, t in enumerate(targets):
+        t[:, 0] = i
+    return torch.stack(images, 0), torch.cat(targets, 0), list(paths), list(shapes)
+
+
+def create_dataset(
+    data: DatasetConfig,
+    split: str,
+    imgsz: int = 640,
+    augment: bool = False,
+    hyp: Mapping[str, float] | None = None,
+    rect: bool = False,
+    batch_size: int = 16,
+    stride: int = 32,
+    cache_images: bool = False,
+    seed: int = 0,
+) -> tuple[YOLODataset, LabelSummary]:
+    """The dataset of one split of a loaded dataset YAML, with its labels checked (or read from cache)."""
+    if split not in data.splits:
+        raise DatasetError(f"{data.yaml_file or 'dataset'}: no '{split}' split")
+    images = list_images(data.splits[split])
+    records, summary = load_labels(images, data.nc, prefix=split)
+    dataset = YOLODataset(
+        records,
+        imgsz,
+        augment,
+        hyp,
+        rect,
+        batch_size,
+        stride,
+        pad=0.5 if rect else 0.0,
+        cache_images=cache_images,
+        seed=seed,
+    )
+    return dataset, summary
+
+
+def seed_worker(worker_id: int) -> None:
+    """Per worker: one OpenCV thread (workers are the parallelism; more threads only contend with the
+    training process), and numpy/random seeded from torch's per-worker seed."""
+    import random
+
+    cv2.setNumThreads(0)
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def build_dataloader(
+    dataset: YOLODataset,
+    batch_size: int,
+    workers: int = 2,
+    shuffle: bool = True,
+    seed: int = 0,
+    distributed: bool = False,
+) -> DataLoader:
+    """A DataLoader with worker processes, pinned memory on CUDA, seeded shuffling, and our collate.
+
+    Workers are not persistent, so per-epoch changes to the dataset (``set_epoch``, ``close_mosaic``)
+    reach them.
+    """
+    workers = max(0, min(workers, os.cpu_count() or 1, batch_size))
+    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        collate_fn=collate_fn,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        drop_last=False,
+    )

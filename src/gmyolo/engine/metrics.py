@@ -1,0 +1,162 @@
+"""Detection metrics: matching predictions to labels, AP per class (COCO's 101-point rule), confusion matrix."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torchvision.ops import box_iou
+
+__all__ = ["IOU_THRESHOLDS", "match_predictions", "ap_per_class", "DetectionMetrics", "ConfusionMatrix", "fitness"]
+
+IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # mAP@0.5:0.95
+
+
+def fitness(map50: float, map50_95: float) -> float:
+    """Model selection score: 0.1·mAP@0.5 + 0.9·mAP@0.5:0.95 (YOLOv5)."""
+    return 0.1 * map50 + 0.9 * map50_95
+
+
+def match_predictions(
+    detections: torch.Tensor, labels: torch.Tensor, iouv: torch.Tensor = IOU_THRESHOLDS
+) -> torch.Tensor:
+    """Which detections are true positives at each IoU threshold.
+
+    detections: n×6 [x1, y1, x2, y2, score, class]; labels: m×5 [class, x1, y1, x2, y2] (same pixels).
+    Returns n×len(iouv) bool. Each label matches at most one detection: pairs are taken best IoU first.
+    """
+    correct = torch.zeros(len(detections), len(iouv), dtype=torch.bool)
+    if not len(detections) or not len(labels):
+        return correct
+    iou = box_iou(labels[:, 1:], detections[:, :4]).cpu()
+    same_class = (labels[:, 0:1] == detections[:, 5]).cpu()
+    for k, t in enumerate(iouv.tolist()):
+        li, di = torch.where((iou >= t) & same_class)
+        if not len(li):
+            continue
+        pairs = torch.stack((li, di, iou[li, di]), 1).numpy()
+        pairs = pairs[pairs[:, 2].argsort()[::-1]]
+        pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]  # one label per detection
+        pairs = pairs[pairs[:, 2].argsort()[::-1]]
+        pairs = pairs[np.unique(pairs[:, 0], return_index=True)[1]]  # one detection per label
+        correct[pairs[:, 1].astype(int), k] = True
+    return correct
+
+
+def interpolated_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.ndarray]:
+    """COCO's AP: the precision envelope sampled at 101 recall points, averaged. Also returns those samples."""
+    envelope = np.maximum.accumulate(precision[::-1])[::-1]
+    points = np.linspace(0, 1, 101)
+    idx = np.searchsorted(recall, points, side="left")
+    sampled = np.where(idx < len(envelope), envelope[np.minimum(idx, len(envelope) - 1)], 0.0)
+    return float(sampled.mean()), sampled
+
+
+@dataclass
+class DetectionMetrics:
+    """Per-class P, R (at the confidence of best mean F1), AP@0.5 and AP@0.5:0.95, and curves for plots."""
+
+    classes: np.ndarray  # class ids that have labels or predictions
+    p: np.ndarray
+    r: np.ndarray
+    ap: np.ndarray  # len(classes)×10
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def ap50(self) -> np.ndarray:
+        return self.ap[:, 0] if len(self.ap) else np.zeros(0)
+
+    @property
+    def map50(self) -> float:
+        return float(self.ap[:, 0].mean()) if len(self.ap) else 0.0
+
+    @property
+    def map(self) -> float:
+        return float(self.ap.mean()) if len(self.ap) else 0.0
+
+    @property
+    def mp(self) -> float:
+        return float(self.p.mean()) if len(self.p) else 0.0
+
+    @property
+    def mr(self) -> float:
+        return float(self.r.mean()) if len(self.r) else 0.0
+
+
+def ap_per_class(tp: np.ndarray, conf: np.ndarray, pred_cls: np.ndarray, target_cls: np.ndarray) -> DetectionMetrics:
+    """AP of every class with labels. tp: n×10 bool, conf and pred_cls: n, target_cls: m (all images together)."""
+    order = np.argsort(-conf, kind="stable")
+    tp, conf, pred_cls = tp[order], conf[order], pred_cls[order]
+    classes = np.unique(target_cls).astype(int)
+    px = np.linspace(0, 1, 1000)  # confidence axis of the curves
+    nt = len(classes)
+    ap = np.zeros((nt, tp.shape[1]))
+    p_curve, r_curve = np.zeros((nt, 1000)), np.zeros((nt, 1000))
+    pr_curve = np.zeros((nt, 101))
+    for ci, c in enumerate(classes):
+        mask = pred_cls == c
+        n_labels = int((target_cls == c).sum())
+        if not mask.any():
+            continue
+        tpc = tp[mask].cumsum(0)
+        fpc = (1 - tp[mask]).cumsum(0)
+        recall = tpc / n_labels
+        precision = tpc / (tpc + fpc)
+        r_curve[ci] = np.interp(-px, -conf[mask], recall[:, 0], left=0)
+        p_curve[ci] = np.interp(-px, -conf[mask], precision[:, 0], left=1)
+        for j in range(tp.shape[1]):
+            ap[ci, j], sampled = interpolated_ap(recall[:, j], precision[:, j])
+            if j == 0:
+                pr_curve[ci] = sampled
+    f1 = 2 * p_curve * r_curve / (p_curve + r_curve + 1e-16)
+    best = int(smooth(f1.mean(0), 0.1).argmax()) if nt else 0
+    curves = {"px": px, "precision": p_curve, "recall": r_curve, "f1": f1, "pr": pr_curve}
+    return DetectionMetrics(classes, p_curve[:, best], r_curve[:, best], ap, curves)
+
+
+def smooth(y: np.ndarray, fraction: float) -> np.ndarray:
+    """Box filter over a fraction of the curve (used to pick a stable best-F1 confidence)."""
+    nf = round(len(y) * fraction * 2) // 2 + 1
+    p = np.ones(nf // 2)
+    yp = np.concatenate((p * y[0], y, p * y[-1]), 0)
+    return np.convolve(yp, np.ones(nf) / nf, mode="valid")
+
+
+class ConfusionMatrix:
+    """(nc+1)×(nc+1) counts: rows predicted class (last: background), columns true class (last: background)."""
+
+    def __init__(self, nc: int, conf: float = 0.25, iou_thres: float = 0.45):
+        self.matrix = np.zeros((nc + 1, nc + 1), dtype=np.int64)
+        self.nc, self.conf, self.iou_thres = nc, conf, iou_thres
+
+    def update(self, detections: torch.Tensor, labels: torch.Tensor) -> None:
+        """detections n×6 [xyxy, score, class]; labels m×5 [class, xyxy]."""
+        detections = detections[detections[:, 4] > self.conf].cpu()
+        labels = labels.cpu()
+        gt = labels[:, 0].long()
+        pred = detections[:, 5].long()
+        if not len(labels):
+            for p in pred.tolist():
+                self.matrix[p, self.nc] += 1
+            return
+        iou = box_iou(labels[:, 1:], detections[:, :4]) if len(detections) else torch.zeros((len(labels), 0))
+        li, di = torch.where(iou > self.iou_thres)
+        matched_l, matched_d = set(), set()
+        if len(li):
+            pairs = torch.stack((li, di, iou[li, di]), 1).numpy()
+            pairs = pairs[pairs[:, 2].argsort()[::-1]]
+            pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]
+            pairs = pairs[pairs[:, 2].argsort()[::-1]]
+            pairs = pairs[np.unique(pairs[:, 0], return_index=True)[1]]
+            for l_idx, d_idx, _ in pairs:
+                l_idx, d_idx = int(l_idx), int(d_idx)
+                self.matrix[pred[d_idx], gt[l_idx]] += 1
+                matched_l.add(l_idx)
+                matched_d.add(d_idx)
+        for i, c in enumerate(gt.tolist()):
+            if i not in matched_l:
+                self.matrix[self.nc, c] += 1  # missed: predicted background
+        for j, p in enumerate(pred.tolist()):
+            if j not in matched_d:
+                self.matrix[p, self.nc] += 1  # false positive on background

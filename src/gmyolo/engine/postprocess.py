@@ -1,0 +1,73 @@
+"""From decoded head outputs to image-space detections: NMS and mapping boxes back to original pixels."""
+
+from __future__ import annotations
+
+import torch
+from torchvision.ops import batched_nms, box_convert
+
+__all__ = ["non_max_suppression", "scale_boxes", "clip_boxes"]
+
+
+def non_max_suppression(
+    decoded: torch.Tensor,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    classes: list[int] | None = None,
+    agnostic: bool = False,
+    multi_label: bool = False,
+    max_det: int = 300,
+    max_nms: int = 30000,
+) -> list[torch.Tensor]:
+    """Per image, an n×6 tensor ``[x1, y1, x2, y2, score, class]`` (input pixels), best first.
+
+    ``decoded``: B×N×(5+nc) from the Detect head (xywh, objectness, class scores). Score = objectness ×
+    class score. ``multi_label`` keeps every class above the threshold per box (used for mAP).
+    """
+    if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
+        raise ValueError(f"conf_thres and iou_thres must be in [0, 1], got {conf_thres}, {iou_thres}")
+    nc = decoded.shape[2] - 5
+    multi_label &= nc > 1
+    out = []
+    for x in decoded:
+        x = x[x[:, 4] > conf_thres]
+        if not len(x):
+            out.append(torch.zeros((0, 6), device=decoded.device))
+            continue
+        scores = x[:, 5:] * x[:, 4:5]
+        boxes = box_convert(x[:, :4], "cxcywh", "xyxy")
+        if multi_label:
+            i, j = (scores > conf_thres).nonzero(as_tuple=False).T
+            det = torch.cat((boxes[i], scores[i, j, None], j[:, None].float()), 1)
+        else:
+            conf, j = scores.max(1, keepdim=True)
+            det = torch.cat((boxes, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+        if classes is not None:
+            det = det[(det[:, 5:6] == torch.tensor(classes, device=det.device)).any(1)]
+        if len(det) > max_nms:
+            det = det[det[:, 4].argsort(descending=True)[:max_nms]]
+        group = torch.zeros_like(det[:, 5]) if agnostic else det[:, 5]
+        keep = batched_nms(det[:, :4], det[:, 4], group, iou_thres)[:max_det]
+        out.append(det[keep])
+    return out
+
+
+def clip_boxes(boxes: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Clip n×4 xyxy boxes to an image of shape (h, w), in place."""
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clamp(0, shape[1])
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clamp(0, shape[0])
+    return boxes
+
+
+def scale_boxes(
+    boxes: torch.Tensor,
+    original_shape: tuple[int, int],
+    ratio_pad: tuple[tuple[float, float], tuple[float, float]],
+) -> torch.Tensor:
+    """Map n×4 xyxy boxes from the letterboxed input back to the original (h0, w0) image, in place.
+
+    ``ratio_pad`` = ((scale_h, scale_w), (pad_w, pad_h)) as the dataset reports it.
+    """
+    (sh, sw), (pw, ph) = ratio_pad
+    boxes[:, [0, 2]] = (boxes[:, [0, 2]] - pw) / sw
+    boxes[:, [1, 3]] = (boxes[:, [1, 3]] - ph) / sh
+    return clip_boxes(boxes, original_shape)

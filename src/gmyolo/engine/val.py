@@ -1,0 +1,102 @@
+"""``gmyolo val`` / ``YOLO(weights).val()``: evaluate a checkpoint on a dataset split."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..data.config import load_dataset_config
+from ..data.dataset import build_dataloader, create_dataset
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .coco_eval import coco_detections, coco_ground_truth, run_cocoeval
+from .device import select_device
+from .trainer import increment_path, stride_multiple
+from .validator import format_table, save_validation_plots, validate
+
+__all__ = ["ValArgs", "run_val"]
+
+LOGGER = logging.getLogger("gmyolo")
+
+
+@dataclass
+class ValArgs:
+    weights: str = "runs/train/exp/weights/best.pt"
+    data: str | None = None  # default: the dataset the checkpoint was trained on
+    split: str = "val"
+    imgsz: int | None = None  # default: the training size
+    batch: int = 32
+    device: str = ""
+    workers: int = 2
+    conf: float = 0.001
+    iou: float = 0.6
+    max_det: int = 300
+    save_json: bool = False  # COCO-format detections + pycocotools evaluation
+    coco_gt: str | None = None  # a COCO ground-truth JSON for pycocotools (default: made from the labels)
+    project: str = "runs/val"
+    name: str = "exp"
+    exist_ok: bool = False
+    plots: bool = True
+    progress: bool = True
+
+
+def run_val(args: ValArgs) -> dict[str, Any]:
+    if args.batch < 1:
+        raise ValueError(f"--batch must be positive, got {args.batch}")
+    if not 0 <= args.conf <= 1 or not 0 <= args.iou <= 1:
+        raise ValueError("--conf and --iou must be between 0 and 1")
+    device = select_device(args.device)
+    ckpt = load_checkpoint(args.weights)
+    model = model_from_checkpoint(ckpt).to(device).fuse()
+    data = load_dataset_config(args.data if args.data else ckpt["data"], require=(args.split,))
+    if data.names != list(ckpt["names"]):
+        LOGGER.warning("the dataset's names %s differ from the model's %s", data.names[:5], ckpt["names"][:5])
+    stride = int(model.stride.max())
+    imgsz = stride_multiple(args.imgsz or ckpt["args"]["imgsz"], stride)
+    dataset, _ = create_dataset(data, args.split, imgsz, rect=True, batch_size=args.batch, stride=stride)
+    loader = build_dataloader(dataset, args.batch, args.workers, shuffle=False)
+    results = validate(
+        model,
+        loader,
+        data.names,
+        device,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        keep_predictions=args.save_json,
+        progress=args.progress,
+    )
+    save_dir = increment_path(Path(args.project) / args.name, args.exist_ok)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    print(format_table(results))
+    s = results.speed_ms
+    print(
+        f"speed per image: {s['preprocess']:.1f} ms preprocess, {s['inference']:.1f} ms inference, "
+        f"{s['nms']:.1f} ms NMS at {imgsz}px"
+    )
+    out: dict[str, Any] = {**results.as_dict(), "fitness": results.fitness, "save_dir": str(save_dir)}
+    if args.plots:
+        save_validation_plots(results, save_dir)
+    if args.save_json:
+        if args.coco_gt:
+            gt = json.loads(Path(args.coco_gt).read_text())
+            file_to_id = {Path(im["file_name"]).name: im["id"] for im in gt["images"]}
+            category_ids = sorted(c["id"] for c in gt["categories"])
+        else:
+            gt = coco_ground_truth(dataset.records, data.names)
+            file_to_id = {im["file_name"]: im["id"] for im in gt["images"]}
+            category_ids = None
+            (save_dir / "ground_truth.json").write_text(json.dumps(gt))
+        missing = [p["path"] for p in results.predictions if Path(p["path"]).name not in file_to_id]
+        if missing:
+            raise ValueError(f"{len(missing)} images are not in the COCO ground truth (e.g. {missing[0]})")
+        detections = coco_detections(results.predictions, file_to_id, category_ids)
+        (save_dir / "predictions.json").write_text(json.dumps(detections))
+        coco = run_cocoeval(gt, detections)
+        print(coco.get("summary", ""))
+        print(f"pycocotools: mAP50-95 {coco['mAP50-95']:.4f}  mAP50 {coco['mAP50']:.4f}")
+        out["coco"] = {k: v for k, v in coco.items() if k != "summary"}
+    LOGGER.info("results saved to %s", save_dir)
+    return out
