@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import torch
@@ -149,6 +150,26 @@ def test_cli_train_val_and_errors(synth, tmp_path, capsys):
     assert main(["val", "--weights", str(tmp_path / "exp/weights/best.pt"), "--project", str(tmp_path / "v")]) == 0
     out = capsys.readouterr().out
     assert "Class" in out and "mAP50-95" in out and "circle" in out
+    # COCO-format detections, scored by pycocotools against ground truth made from the labels.
+    assert (
+        main(
+            [
+                "val",
+                "--weights",
+                str(tmp_path / "exp/weights/best.pt"),
+                "--save-json",
+                "--no-plots",
+                "--project",
+                str(tmp_path / "v"),
+                "--name",
+                "json",
+            ]
+        )
+        == 0
+    )
+    assert "pycocotools: mAP50-95" in capsys.readouterr().out
+    detections = json.loads((tmp_path / "v/json/predictions.json").read_text())
+    assert detections and {"image_id", "category_id", "bbox", "score"} <= set(detections[0])
     for bad, message in [
         (["--epochs", "-1"], "--epochs must be a positive"),
         (["--hyp", "lr00=1"], "did you mean 'lr0'"),
