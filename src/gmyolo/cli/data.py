@@ -17,7 +17,7 @@ from ..data.coco import add_convert_coco_parser
 from ..data.config import load_dataset_config
 from ..data.dataset import build_dataloader, create_dataset
 from ..data.plots import plot_batch, plot_labels
-from ..data.synth import add_synth_parser  # noqa
+from ..data.synth import add_synth_parser
 
 
 def add_data_parser(commands: argparse._SubParsersAction) -> None:

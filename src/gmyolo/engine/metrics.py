@@ -8,7 +8,15 @@ import numpy as np
 import torch
 from torchvision.ops import box_iou
 
-__all__ = ["IOU_THRESHOLDS", "match_predictions", "ap_per_class", "DetectionMetrics", "ConfusionMatrix", "fitness"]
+__all__ = [
+    "IOU_THRESHOLDS",
+    "match_predictions",
+    "one_to_one",
+    "ap_per_class",
+    "DetectionMetrics",
+    "ConfusionMatrix",
+    "fitness",
+]
 
 IOU_THRESHOLDS = torch.linspace(0.5, 0.95, 10)  # mAP@0.5:0.95
 
@@ -32,16 +40,25 @@ def match_predictions(
     iou = box_iou(labels[:, 1:], detections[:, :4]).cpu()
     same_class = (labels[:, 0:1] == detections[:, 5]).cpu()
     for k, t in enumerate(iouv.tolist()):
-        li, di = torch.where((iou >= t) & same_class)
-        if not len(li):
-            continue
-        pairs = torch.stack((li, di, iou[li, di]), 1).numpy()
-        pairs = pairs[pairs[:, 2].argsort()[::-1]]
-        pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]  # one label per detection
-        pairs = pairs[pairs[:, 2].argsort()[::-1]]
-        pairs = pairs[np.unique(pairs[:, 0], return_index=True)[1]]  # one detection per label
-        correct[pairs[:, 1].astype(int), k] = True
+        _, dets_idx = one_to_one(iou, (iou >= t) & same_class)
+        correct[dets_idx, k] = True
     return correct
+
+
+def one_to_one(iou: torch.Tensor, allowed: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Match labels (rows) to detections (columns) among the ``allowed`` pairs, best IoU first, each at most once.
+
+    Returns the matched label indices and detection indices (equal length).
+    """
+    li, di = torch.where(allowed)
+    if not len(li):
+        return np.zeros(0, int), np.zeros(0, int)
+    pairs = torch.stack((li, di, iou[li, di]), 1).numpy()
+    pairs = pairs[pairs[:, 2].argsort()[::-1]]
+    pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]  # one label per detection
+    pairs = pairs[pairs[:, 2].argsort()[::-1]]
+    pairs = pairs[np.unique(pairs[:, 0], return_index=True)[1]]  # one detection per label
+    return pairs[:, 0].astype(int), pairs[:, 1].astype(int)
 
 
 def interpolated_ap(recall: np.ndarray, precision: np.ndarray) -> tuple[float, np.ndarray]:
@@ -141,19 +158,10 @@ class ConfusionMatrix:
                 self.matrix[p, self.nc] += 1
             return
         iou = box_iou(labels[:, 1:], detections[:, :4]) if len(detections) else torch.zeros((len(labels), 0))
-        li, di = torch.where(iou > self.iou_thres)
-        matched_l, matched_d = set(), set()
-        if len(li):
-            pairs = torch.stack((li, di, iou[li, di]), 1).numpy()
-            pairs = pairs[pairs[:, 2].argsort()[::-1]]
-            pairs = pairs[np.unique(pairs[:, 1], return_index=True)[1]]
-            pairs = pairs[pairs[:, 2].argsort()[::-1]]
-            pairs = pairs[np.unique(pairs[:, 0], return_index=True)[1]]
-            for l_idx, d_idx, _ in pairs:
-                l_idx, d_idx = int(l_idx), int(d_idx)
-                self.matrix[pred[d_idx], gt[l_idx]] += 1
-                matched_l.add(l_idx)
-                matched_d.add(d_idx)
+        label_idx, det_idx = one_to_one(iou, iou > self.iou_thres)  # any class: confusions are the point
+        for l_idx, d_idx in zip(label_idx.tolist(), det_idx.tolist()):
+            self.matrix[pred[d_idx], gt[l_idx]] += 1
+        matched_l, matched_d = set(label_idx.tolist()), set(det_idx.tolist())
         for i, c in enumerate(gt.tolist()):
             if i not in matched_l:
                 self.matrix[self.nc, c] += 1  # missed: predicted background
