@@ -268,3 +268,12 @@ def test_plots(dataset_yaml, tmp_path):
     labels = np.concatenate([r.labels for r in ds.records])
     out = plot_labels(labels, cfg.names, tmp_path / "labels.jpg")
     assert cv2.imread(str(out)) is not None
+
+
+def test_paths_are_absolute_so_checkpoints_can_find_the_data(dataset_yaml, monkeypatch):
+    monkeypatch.chdir(dataset_yaml.parent.parent)
+    cfg = load_dataset_config(f"{dataset_yaml.parent.name}/data.yaml")
+    assert cfg.root.is_absolute() and all(p.is_absolute() for p in cfg.splits["train"])
+    monkeypatch.chdir("/")
+    again = load_dataset_config(cfg.to_dict())  # as `gmyolo val` reloads it from a checkpoint
+    assert again.splits == cfg.splits and again.names == cfg.names

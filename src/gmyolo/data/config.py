@@ -96,7 +96,7 @@ def load_dataset_config(data: str | os.PathLike | Mapping[str, Any], require: tu
         if not isinstance(d, dict):
             raise DatasetError(f"{yaml_file}: expected a mapping with path, train, val and names")
     root = Path(os.path.expanduser(str(d.get("path") or ".")))
-    root = (base / root) if not root.is_absolute() else root
+    root = Path(os.path.abspath(base / root))  # absolute (checkpoints record it), symlinks kept
     names = parse_names(d.get("names"), d.get("nc"), where)
     splits: dict[str, list[Path]] = {}
     for split in SPLITS:
