@@ -194,3 +194,18 @@ def test_python_api(synth, tmp_path):
     assert model.weights == results["best"] and model.names[0] == "circle"
     metrics = model.val(project=str(tmp_path / "val"), progress=False, batch=16)
     assert metrics["mAP50"] == pytest.approx(results["mAP50"], abs=1e-6)
+
+
+def test_early_stopping(synth, tmp_path, monkeypatch, caplog):
+    real_validate = trainer_module.validate
+
+    def never_better(*a, **k):  # real validation, but a fitness that never improves after epoch 1
+        results = real_validate(*a, **k)
+        results.metrics.ap[:] = 0.0
+        return results
+
+    monkeypatch.setattr(trainer_module, "validate", never_better)
+    with caplog.at_level("INFO", logger="gmyolo"):
+        r = train(TrainArgs(data=synth, epochs=5, patience=2, project=str(tmp_path), plots=False, **FAST))
+    assert r["epochs_trained"] == 3 and "early stop" in caplog.text
+    assert [row["epoch"] for row in read_csv(tmp_path / "exp/results.csv")] == ["1", "2", "3"]
