@@ -176,7 +176,7 @@ def test_cli_train_val_and_errors(synth, tmp_path, capsys):
         (["--device", "7"], "use --device cpu"),
         (["--data", "nowhere.yaml"], "not found"),
     ]:
-        assert main(["train", *bad, "--project", str(tmp_path)]) == 2
+        assert main(["train", "--data", synth, *bad, "--project", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert main(["val", "--weights", str(tmp_path / "missing.pt")]) == 2

@@ -224,6 +224,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
         save_dir = last.parent.parent
         LOGGER.info("resuming %s from epoch %d", save_dir, ckpt["epoch"] + 2)
     args.check()
+    hyp = resolve_hyp(ckpt["hyp_overrides"] if ckpt is not None else args.hyp)  # bad keys fail before any work
     device = select_device(args.device)
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -248,7 +249,6 @@ def train(args: TrainArgs) -> dict[str, Any]:
     stride = int(model.stride.max())
     imgsz = stride_multiple(args.imgsz, stride)
 
-    hyp = resolve_hyp(ckpt["hyp_overrides"] if ckpt is not None else args.hyp)
     hyp = scale_loss_gains(hyp, data.nc, model.detect.nl, imgsz)
     accumulate = max(round(args.nbs / args.batch), 1)
     optimizer = build_optimizer(model, args.optimizer, hyp, args.batch, accumulate, args.nbs)
