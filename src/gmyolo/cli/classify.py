@@ -35,20 +35,19 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
         help="train or fine-tune a classifier (the authors' ImageNet recipe by default)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--data", required=True, help="folder with train/ and val/ folders, one sub-folder per class")
-    p.add_argument("--model", default=d.model, help="groupmixformer-m, -t, -s, -b or -l")
+    p.add_argument("--model", default=d.model, help="groupmixformer-m, -t, -s, -b or -l (default %(default)s)")
     p.add_argument(
         "--weights", default=None, help="the authors' ImageNet checkpoint (head replaced) or a gmyolo classifier"
     )
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--imgsz", type=int, default=d.imgsz, help="training and evaluation crop size")
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--device", default=d.device, help="'' (auto), cpu, 0, cuda:0")
-    p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
-    p.add_argument("--project", default=d.project)
-    p.add_argument("--name", default=d.name)
+    p.add_argument("--epochs", type=int, default=d.epochs, help="(default %(default)s)")
+    p.add_argument("--imgsz", type=int, default=d.imgsz, help="training and evaluation crop size (default %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch, help="(default %(default)s)")
+    p.add_argument("--device", default=d.device, help="'' (auto: first GPU, else CPU), cpu, 0, cuda:0")
+    p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (default %(default)s)")
+    p.add_argument("--project", default=d.project, help="(default %(default)s)")
+    p.add_argument("--name", default=d.name, help="(default %(default)s)")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
     p.add_argument(
         "--resume",
@@ -59,31 +58,81 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="continue an interrupted run (its last.pt; without a path: the latest run under --project)",
     )
     r = p.add_argument_group("recipe (the authors' ImageNet settings)")
-    r.add_argument("--lr", type=float, default=d.lr, help="learning rate for a batch of 512 (used: lr*batch/512)")
-    r.add_argument("--warmup-lr", type=float, default=d.warmup_lr, help="warm-up start for a batch of 512")
-    r.add_argument("--min-lr", type=float, default=d.min_lr, help="end of the cosine decay for a batch of 512")
-    r.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs, help="linear warm-up (at most half the run)")
-    r.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    r.add_argument("--label-smoothing", type=float, default=d.label_smoothing)
-    r.add_argument("--clip-grad", type=float, default=d.clip_grad, help="max gradient norm (0: off)")
+    r.add_argument(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help="learning rate for a batch of 512 (used: lr*batch/512) (default %(default)s)",
+    )
+    r.add_argument(
+        "--warmup-lr", type=float, default=d.warmup_lr, help="warm-up start for a batch of 512 (default %(default)s)"
+    )
+    r.add_argument(
+        "--min-lr",
+        type=float,
+        default=d.min_lr,
+        help="end of the cosine decay for a batch of 512 (default %(default)s)",
+    )
+    r.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=d.warmup_epochs,
+        help="linear warm-up (at most half the run) (default %(default)s)",
+    )
+    r.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default %(default)s)")
+    r.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default %(default)s)")
+    r.add_argument(
+        "--clip-grad", type=float, default=d.clip_grad, help="max gradient norm (0: off) (default %(default)s)"
+    )
     r.add_argument("--drop-path", type=float, default=None, help="stochastic depth (default: the variant's)")
-    r.add_argument("--auto-augment", default=d.auto_augment, help="timm RandAugment/AutoAugment spec ('' for none)")
-    r.add_argument("--color-jitter", type=float, default=d.color_jitter, help="used only without --auto-augment")
-    r.add_argument("--reprob", type=float, default=d.reprob, help="random erasing probability")
-    r.add_argument("--mixup", type=float, default=d.mixup, help="mixup alpha (0: off)")
-    r.add_argument("--cutmix", type=float, default=d.cutmix, help="cutmix alpha (0: off)")
-    r.add_argument("--mixup-prob", type=float, default=d.mixup_prob, help="probability of mixing a batch")
-    r.add_argument("--mixup-switch-prob", type=float, default=d.mixup_switch_prob, help="cutmix instead of mixup")
-    r.add_argument("--hflip", type=float, default=d.hflip, help="horizontal flip probability")
-    r.add_argument("--interpolation", default=d.interpolation, choices=["bicubic", "bilinear", "nearest", "random"])
-    r.add_argument("--crop-pct", type=float, default=d.crop_pct, help="evaluation: resize to imgsz/crop_pct, crop")
-    r.add_argument("--mean", type=float, nargs=3, default=d.mean, help="normalisation mean (RGB)")
-    r.add_argument("--std", type=float, nargs=3, default=d.std, help="normalisation std (RGB)")
+    r.add_argument(
+        "--auto-augment",
+        default=d.auto_augment,
+        help="timm RandAugment/AutoAugment spec ('' for none) (default %(default)s)",
+    )
+    r.add_argument(
+        "--color-jitter",
+        type=float,
+        default=d.color_jitter,
+        help="used only without --auto-augment (default %(default)s)",
+    )
+    r.add_argument("--reprob", type=float, default=d.reprob, help="random erasing probability (default %(default)s)")
+    r.add_argument("--mixup", type=float, default=d.mixup, help="mixup alpha (0: off) (default %(default)s)")
+    r.add_argument("--cutmix", type=float, default=d.cutmix, help="cutmix alpha (0: off) (default %(default)s)")
+    r.add_argument(
+        "--mixup-prob", type=float, default=d.mixup_prob, help="probability of mixing a batch (default %(default)s)"
+    )
+    r.add_argument(
+        "--mixup-switch-prob",
+        type=float,
+        default=d.mixup_switch_prob,
+        help="cutmix instead of mixup (default %(default)s)",
+    )
+    r.add_argument("--hflip", type=float, default=d.hflip, help="horizontal flip probability (default %(default)s)")
+    r.add_argument(
+        "--interpolation",
+        default=d.interpolation,
+        choices=["bicubic", "bilinear", "nearest", "random"],
+        help="(default %(default)s)",
+    )
+    r.add_argument(
+        "--crop-pct",
+        type=float,
+        default=d.crop_pct,
+        help="evaluation: resize to imgsz/crop_pct, crop (default %(default)s)",
+    )
+    r.add_argument("--mean", type=float, nargs=3, default=d.mean, help="normalisation mean (RGB) (default %(default)s)")
+    r.add_argument("--std", type=float, nargs=3, default=d.std, help="normalisation std (RGB) (default %(default)s)")
     r.add_argument("--ema", action="store_true", help="keep an EMA of the weights; validate and save it")
-    r.add_argument("--ema-decay", type=float, default=d.ema_decay)
+    r.add_argument("--ema-decay", type=float, default=d.ema_decay, help="(default %(default)s)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
-    p.add_argument("--patience", type=int, default=d.patience, help="early stop after N epochs, no better top-1")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d.patience,
+        help="early stop after N epochs, no better top-1 (default %(default)s)",
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
     p.add_argument("--no-plots", dest="plots", action="store_false")
     p.set_defaults(run=lambda args: classify_train(ClassifyTrainArgs(**fields_of(ClassifyTrainArgs, args))))
 
@@ -91,15 +140,21 @@ def add_train(sub: argparse._SubParsersAction) -> None:
 def add_val(sub: argparse._SubParsersAction) -> None:
     d = ClassifyValArgs()
     p = sub.add_parser("val", help="top-1/top-5 and per-class accuracy of a classifier, confusion matrix")
-    p.add_argument("--weights", default=d.weights, help="a gmyolo classifier, or the authors' ImageNet checkpoint")
+    p.add_argument(
+        "--weights",
+        default=d.weights,
+        help="a gmyolo classifier, or the authors' ImageNet checkpoint (default %(default)s)",
+    )
     p.add_argument("--data", default=None, help="dataset folder (default: the one the classifier was trained on)")
-    p.add_argument("--split", default=d.split, help="sub-folder of --data to evaluate (val, test, train)")
+    p.add_argument(
+        "--split", default=d.split, help="sub-folder of --data to evaluate (val, test, train) (default %(default)s)"
+    )
     p.add_argument("--imgsz", type=int, default=None, help="crop size (default: the training size)")
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--project", default=d.project)
-    p.add_argument("--name", default=d.name)
+    p.add_argument("--batch", type=int, default=d.batch, help="(default %(default)s)")
+    p.add_argument("--device", default=d.device, help="'' (auto: first GPU, else CPU), cpu, 0, cuda:0")
+    p.add_argument("--workers", type=int, default=d.workers, help="(default %(default)s)")
+    p.add_argument("--project", default=d.project, help="(default %(default)s)")
+    p.add_argument("--name", default=d.name, help="(default %(default)s)")
     p.add_argument("--exist-ok", action="store_true")
     p.add_argument("--no-plots", dest="plots", action="store_false")
     p.set_defaults(run=lambda args: classify_val(ClassifyValArgs(**fields_of(ClassifyValArgs, args))))
@@ -108,13 +163,17 @@ def add_val(sub: argparse._SubParsersAction) -> None:
 def add_predict(sub: argparse._SubParsersAction) -> None:
     d = ClassifyPredictArgs()
     p = sub.add_parser("predict", help="print the top-k classes of images (optionally save them as CSV/JSON)")
-    p.add_argument("--weights", default=d.weights, help="a gmyolo classifier, or the authors' ImageNet checkpoint")
+    p.add_argument(
+        "--weights",
+        default=d.weights,
+        help="a gmyolo classifier, or the authors' ImageNet checkpoint (default %(default)s)",
+    )
     p.add_argument("--source", required=True, help="an image, a folder (recursive) or a glob pattern (quoted)")
     p.add_argument("--imgsz", type=int, default=None, help="crop size (default: the training size)")
-    p.add_argument("--topk", type=int, default=d.topk)
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--topk", type=int, default=d.topk, help="(default %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch, help="(default %(default)s)")
+    p.add_argument("--device", default=d.device, help="'' (auto: first GPU, else CPU), cpu, 0, cuda:0")
+    p.add_argument("--workers", type=int, default=d.workers, help="(default %(default)s)")
     p.add_argument("--save", default=None, metavar="FILE", help="also write the predictions to FILE.csv or FILE.json")
     p.set_defaults(run=lambda args: classify_predict(ClassifyPredictArgs(**fields_of(ClassifyPredictArgs, args))))
 

@@ -243,7 +243,10 @@ def save_classify_checkpoint(
 
 def load_classify_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a gmyolo classifier (weights_only); any other checkpoint gets an error saying what it is."""
-    ckpt = read_checkpoint(path)
+    return check_classify_checkpoint(read_checkpoint(path), path)
+
+
+def check_classify_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     if isinstance(ckpt, dict) and ckpt.get("task") == TASK and "model" in ckpt and "model_config" in ckpt:
         return ckpt
     if isinstance(ckpt, dict) and "model_yaml" in ckpt:
@@ -274,7 +277,7 @@ def load_classifier(weights: str | os.PathLike) -> tuple[GroupMixFormer, dict[st
     defaults = ClassifyTrainArgs()
     info: dict[str, Any] = {"names": None, "data": None, **{k: getattr(defaults, k) for k in PREPROCESS_KEYS}}
     if isinstance(ckpt, dict) and (ckpt.get("task") == TASK or "model_yaml" in ckpt):
-        ckpt = load_classify_checkpoint(weights)
+        ckpt = check_classify_checkpoint(ckpt, weights)
         info.update(names=list(ckpt["names"]), data=ckpt.get("data"))
         info.update({k: ckpt["args"][k] for k in PREPROCESS_KEYS if k in ckpt.get("args", {})})
         return classifier_from_checkpoint(ckpt), info
