@@ -8,9 +8,11 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..engine.exporter import ExportError
 from ..engine.trainer import TrainingDiverged
 from .data import add_data_parser
 from .info import add_info_parser
+from .predict import add_export_parser, add_predict_parser
 from .train import add_train_parser, add_val_parser
 
 __all__ = ["main", "build_parser"]
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_info_parser(commands)
     add_train_parser(commands)
     add_val_parser(commands)
+    add_predict_parser(commands)
+    add_export_parser(commands)
     add_data_parser(commands)
     return parser
 
@@ -40,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gmyolo {args.command}: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, OSError, TrainingDiverged) as e:  # user errors: bad names, sizes, files, checkpoints, datasets
+    except (ValueError, OSError, TrainingDiverged, ExportError) as e:  # user errors: bad names, sizes, files, checkpoints, datasets
         name = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
         print(f"gmyolo {name}: error: {e}", file=sys.stderr)
         return 2

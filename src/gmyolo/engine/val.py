@@ -1,4 +1,4 @@
-"""``gmyolo val`` / ``YOLO(weights).val()``: evaluate a checkpoint on a dataset split."""
+"""``gmyolo val`` / ``YOLO(weights).val()``: evaluate a checkpoint (or an exported ONNX/TorchScript file)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 from ..data.config import load_dataset_config
 from ..data.dataset import build_dataloader, create_dataset
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .backends import load_backend
 from .coco_eval import coco_detections, coco_ground_truth, run_cocoeval
 from .device import select_device
 from .trainer import increment_path, stride_multiple
@@ -48,17 +48,26 @@ def run_val(args: ValArgs) -> dict[str, Any]:
     if not 0 <= args.conf <= 1 or not 0 <= args.iou <= 1:
         raise ValueError("--conf and --iou must be between 0 and 1")
     device = select_device(args.device)
-    ckpt = load_checkpoint(args.weights)
-    model = model_from_checkpoint(ckpt).to(device).fuse()
-    data = load_dataset_config(args.data if args.data else ckpt["data"], require=(args.split,))
-    if data.names != list(ckpt["names"]):
-        LOGGER.warning("the dataset's names %s differ from the model's %s", data.names[:5], ckpt["names"][:5])
-    stride = int(model.stride.max())
-    imgsz = stride_multiple(args.imgsz or ckpt["args"]["imgsz"], stride)
-    dataset, _ = create_dataset(data, args.split, imgsz, rect=True, batch_size=args.batch, stride=stride)
-    loader = build_dataloader(dataset, args.batch, args.workers, shuffle=False)
+    backend = load_backend(args.weights, device)  # a checkpoint, or an exported .onnx / .torchscript file
+    if not (args.data or backend.data):
+        raise ValueError(f"{args.weights} does not say which dataset it was trained on: pass --data")
+    data = load_dataset_config(args.data or backend.data, require=(args.split,))
+    names = [backend.names[i] for i in range(len(backend.names))]
+    if names and data.names != names:
+        LOGGER.warning("the dataset's names %s differ from the model's %s", data.names[:5], names[:5])
+    stride = backend.stride
+    if backend.dynamic_size:
+        imgsz = stride_multiple(args.imgsz or (backend.imgsz[0] if backend.imgsz else 640), stride)
+    else:  # a fixed-size export: square letterboxed batches at exactly its size
+        if args.imgsz and (args.imgsz, args.imgsz) != backend.imgsz:
+            raise ValueError(f"{args.weights} was exported for {backend.imgsz[0]} px inputs; drop --imgsz or re-export")
+        imgsz = backend.imgsz[0]
+    dataset, _ = create_dataset(
+        data, args.split, imgsz, rect=backend.dynamic_size, batch_size=args.batch, stride=stride
+    )
+    loader = build_dataloader(dataset, args.batch if backend.dynamic_batch else 1, args.workers, shuffle=False)
     results = validate(
-        model,
+        backend,
         loader,
         data.names,
         device,

@@ -84,10 +84,15 @@ def validate(
     keep_predictions: bool = False,
     progress: bool = True,
 ) -> ValResults:
-    """Validate ``model`` (eval mode returns (decoded, raw)) on ``loader`` batches (see gmyolo.data.dataset)."""
+    """Validate ``model`` on ``loader`` batches (see gmyolo.data.dataset).
+
+    ``model`` is a DetectionModel (eval mode returns (decoded, raw)) or any callable returning the decoded
+    B×N×(5+nc) tensor, such as an ONNX backend (then ``compute_loss`` cannot be used).
+    """
     device = torch.device(device)
-    was_training = model.training
-    model.eval()
+    was_training = isinstance(model, nn.Module) and model.training
+    if isinstance(model, nn.Module):
+        model.eval()
     nc = len(names)
     iouv = IOU_THRESHOLDS
     confusion = ConfusionMatrix(nc)
@@ -105,7 +110,8 @@ def validate(
         targets = targets.to(device)
         b, _, h, w = images.shape
         t1 = time.perf_counter()
-        decoded, raw = model(images)
+        out = model(images)  # a module in eval mode returns (decoded, raw); exported backends only decoded
+        decoded, raw = out if isinstance(out, tuple) else (out, None)
         t2 = time.perf_counter()
         if compute_loss is not None:
             loss_sum += compute_loss([x.float() for x in raw], targets)[1].cpu()
@@ -139,7 +145,8 @@ def validate(
         tp, confs, pcls, tcls = np.zeros((0, len(iouv)), bool), np.zeros(0), np.zeros(0), np.zeros(0)
     metrics = ap_per_class(tp, confs, pcls, tcls)
     n = max(n_images, 1)
-    model.train(was_training)
+    if isinstance(model, nn.Module):
+        model.train(was_training)
     return ValResults(
         metrics=metrics,
         names=list(names),

@@ -1,0 +1,71 @@
+"""``gmyolo predict`` and ``gmyolo export``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+from ..engine.exporter import DEFAULT_OPSET, ExportArgs, export
+from ..engine.predictor import PredictArgs, predict
+
+LOGGER = logging.getLogger("gmyolo")
+
+
+def dataclass_values(cls, args: argparse.Namespace) -> dict:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in fields}
+
+
+def add_predict_parser(commands: argparse._SubParsersAction) -> None:
+    d = PredictArgs()
+    p = commands.add_parser("predict", help="detect objects in images, folders, globs, list files or videos")
+    p.add_argument("--weights", default=d.weights, help="a gmyolo checkpoint (.pt), or an .onnx/.torchscript export")
+    p.add_argument("--source", required=True, help="image, folder, glob ('imgs/*.jpg'), list file (.txt) or video")
+    p.add_argument("--imgsz", type=int, default=None, help="inference size (default: the training/export size)")
+    p.add_argument("--conf", "--conf-thres", dest="conf", type=float, default=d.conf, help="confidence threshold")
+    p.add_argument("--iou", "--iou-thres", dest="iou", type=float, default=d.iou, help="NMS IoU threshold")
+    p.add_argument("--max-det", type=int, default=d.max_det, help="maximum detections per image")
+    p.add_argument("--classes", type=int, nargs="+", default=None, metavar="ID", help="keep only these class ids")
+    p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
+    p.add_argument("--device", default=d.device, help="'' (auto), cpu, 0, cuda:0")
+    p.add_argument("--vid-stride", type=int, default=d.vid_stride, help="use every n-th video frame")
+    p.add_argument("--nosave", dest="save", action="store_false", help="do not save annotated images/videos")
+    p.add_argument("--save-txt", action="store_true", help="save YOLO-format labels (labels/<name>.txt)")
+    p.add_argument("--save-conf", action="store_true", help="add scores to the --save-txt labels")
+    p.add_argument("--save-json", action="store_true", help="save all detections in predictions.json")
+    p.add_argument("--line-width", type=int, default=None, help="box line width in pixels (default: from image size)")
+    p.add_argument("--hide-labels", action="store_true")
+    p.add_argument("--hide-conf", action="store_true")
+    p.add_argument("--project", default=d.project)
+    p.add_argument("--name", default=d.name)
+    p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
+    p.set_defaults(run=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    n = 0
+    for _ in predict(PredictArgs(**dataclass_values(PredictArgs, args)), keep_images=False):
+        n += 1
+    return n
+
+
+def add_export_parser(commands: argparse._SubParsersAction) -> None:
+    d = ExportArgs()
+    p = commands.add_parser("export", help="export a checkpoint to ONNX or TorchScript (checked against PyTorch)")
+    p.add_argument("--weights", default=d.weights, help="a gmyolo checkpoint (.pt)")
+    p.add_argument("--format", "--include", dest="format", default=d.format, choices=["onnx", "torchscript"])
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
+    p.add_argument("--batch", type=int, default=d.batch, help="batch of the example input (the batch is dynamic)")
+    p.add_argument("--dynamic", action="store_true", help="also make the image size dynamic (ONNX, TorchScript)")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
+    p.add_argument("--dynamo", action="store_true", help="ONNX: use the torch.export-based exporter")
+    p.add_argument("--output", "-o", default=None, help="output file (default: beside the weights)")
+    p.add_argument("--tolerance", type=float, default=d.tolerance, help="max allowed |exported - PyTorch|")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> dict:
+    result = export(ExportArgs(**dataclass_values(ExportArgs, args)))
+    print(result["file"])
+    return result
