@@ -708,12 +708,12 @@ def classify_val(args: ClassifyValArgs) -> dict[str, Any]:
     if not data:
         raise ValueError("--data is required for a checkpoint that does not record its dataset")
     split_dir = Path(data) / args.split
-    names = info["names"] or ClassifyFolder(split_dir).names  # an authors' file: sorted folders (ImageNet order)
-    if len(names) != model.num_classes:
-        raise ValueError(f"{split_dir} has {len(names)} class folders but {args.weights} predicts {model.num_classes}")
     imgsz = args.imgsz or info["imgsz"]
     transform = classify_eval_transform(imgsz, info["crop_pct"], info["interpolation"], info["mean"], info["std"])
-    dataset = ClassifyFolder(split_dir, names, transform)
+    dataset = ClassifyFolder(split_dir, info["names"], transform)  # no names (authors' file): sorted folders
+    names = dataset.names
+    if len(names) != model.num_classes:
+        raise ValueError(f"{split_dir} has {len(names)} class folders but {args.weights} predicts {model.num_classes}")
     loader = build_classify_loader(dataset, args.batch, args.workers)
     metrics = evaluate(model.to(device), loader, names, device, args.progress)
     save_dir = increment_path(Path(args.project) / args.name, args.exist_ok)
