@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..engine.exporter import ExportError
 from ..engine.trainer import TrainingDiverged
+from .classify import add_classify_parser
 from .data import add_data_parser
 from .info import add_info_parser
 from .predict import add_export_parser, add_predict_parser
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_parser(commands)
     add_export_parser(commands)
     add_data_parser(commands)
+    add_classify_parser(commands)
     return parser
 
 

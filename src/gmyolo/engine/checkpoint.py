@@ -62,6 +62,8 @@ def save_checkpoint(path: str | os.PathLike, model: DetectionModel, **fields: An
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a gmyolo checkpoint (weights_only); a file that is not one gets a clear CheckpointError."""
     ckpt = read_checkpoint(path)
+    if isinstance(ckpt, dict) and ckpt.get("task") == "classify":
+        raise CheckpointError(f"{path}: a gmyolo classification checkpoint; use `gmyolo classify val|predict`")
     if not isinstance(ckpt, dict) or "model_yaml" not in ckpt or "model" not in ckpt:
         raise CheckpointError(
             f"{path}: not a gmyolo detector checkpoint (expected 'model' and 'model_yaml'; "
