@@ -7,11 +7,16 @@ import logging
 import sys
 
 import pytest
+import torch
 
+from gmyolo.data.config import load_dataset_config
+from gmyolo.data.dataset import build_dataloader, create_dataset
 from gmyolo.data.synth import make_synthetic_dataset
+from gmyolo.engine import loggers as loggers_module
 from gmyolo.engine import trainer as trainer_module
-from gmyolo.engine.loggers import tensorboard_logger
+from gmyolo.engine.loggers import TensorBoardLogger, tensorboard_logger
 from gmyolo.engine.trainer import CSV_COLUMNS, TrainArgs, train
+from gmyolo.models.yolo import DetectionModel
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
@@ -52,3 +57,33 @@ def test_off_when_disabled_or_not_installed(tmp_path, monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="gmyolo"):
         assert tensorboard_logger(tmp_path) is None
     assert caplog.text.count("TensorBoard: not installed") == 1 and not list(tmp_path.iterdir())
+
+
+def test_predictions_are_drawn_in_batch_coordinates(tmp_path, monkeypatch):
+    data = load_dataset_config(make_synthetic_dataset(tmp_path / "synth", seed=0, n_train=1, n_val=6, imgsz=64))
+    dataset, _ = create_dataset(data, "val", 64, rect=True, batch_size=4, stride=32)
+    loader = build_dataloader(dataset, 4, 0, shuffle=False)
+    drawn = {}
+
+    def record(images, boxes, names, path, *args, **kwargs):
+        drawn[len(drawn)] = (images, boxes)
+        return real_plot_batch(images, boxes, names, path, *args, **kwargs)
+
+    real_plot_batch = loggers_module.plot_batch
+    monkeypatch.setattr(loggers_module, "plot_batch", record)
+    logger = TensorBoardLogger(tmp_path / "run", max_images=8, conf=0.001)  # an untrained model scores ~0.01
+    model = DetectionModel("yolov5n-gmf-nano", nc=4)
+    logger.log_epoch(1, {"metrics/mAP_0.5": 0.5}, model, loader, data.names)
+    logger.log_epoch(2, {"metrics/mAP_0.5": 0.6}, model, loader, data.names)
+    logger.close()
+    labels_images, labels = drawn[0]
+    assert len(labels_images) == 4 and labels.shape[1] == 6  # one loader batch at most; the labels once
+    images, predictions = drawn[1]
+    assert images is labels_images and predictions.shape[1] == 7 and len(predictions)
+    assert set(predictions[:, 0].tolist()) <= {0.0, 1.0, 2.0, 3.0} and (predictions[:, 6] >= 0.001).all()
+    assert (predictions[:, 2:6] >= -0.01).all() and (predictions[:, 2:4] <= 1.01).all()  # normalised cx, cy
+    torch.testing.assert_close(drawn[2][1], predictions)  # the same images, the same model: the same boxes
+    acc = event_accumulator.EventAccumulator(str(tmp_path / "run"), size_guidance={"images": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Images("val/predictions")] == [1, 2] and len(acc.Images("val/labels")) == 1
+    assert [e.value for e in acc.Scalars("metrics/mAP_0.5")] == pytest.approx([0.5, 0.6])

@@ -55,10 +55,12 @@ class TensorBoardLogger:
         The images are taken (and logged with their labels, as ``val/labels``) on the first call and reused.
         """
         if self.samples is None:
-            images, targets, _, _ = next(iter(loader))
-            n = min(self.max_images, len(images))
-            self.samples = images[:n], targets[targets[:, 0] < n]
-            self._log_plot("val/labels", *self.samples, names, step)
+            # Read from the dataset, not through a loader iterator: that would draw from the global RNG and a
+            # resumed run would no longer repeat the uninterrupted one. Within one batch, so shapes agree.
+            n = min(self.max_images, loader.batch_size or 1, len(loader.dataset))
+            images, targets, _, _ = loader.collate_fn([loader.dataset[i] for i in range(n)])
+            self.samples = images, targets
+            self._log_plot("val/labels", images, targets, names, step)
         images, _ = self.samples
         device = next(model.parameters()).device
         was_training = model.training
@@ -70,7 +72,7 @@ class TensorBoardLogger:
         for i, det in enumerate(non_max_suppression(decoded.float(), self.conf, self.iou, max_det=100)):
             det = det.cpu()
             xywh = box_convert(det[:, :4], "xyxy", "cxcywh") / torch.tensor([w, h, w, h])
-            rows.append(torch.cat([torch.full((len(det), 1), i), det[:, 5:6], xywh, det[:, 4:5]], 1))
+            rows.append(torch.cat([torch.full((len(det), 1), float(i)), det[:, 5:6], xywh, det[:, 4:5]], 1))
         self._log_plot("val/predictions", images, torch.cat(rows) if rows else torch.zeros((0, 7)), names, step)
 
     def _log_plot(self, tag: str, images: torch.Tensor, boxes: torch.Tensor, names: Sequence[str], step: int) -> None:
