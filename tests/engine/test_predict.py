@@ -160,12 +160,13 @@ def test_cli_predict_and_export_errors(best, tmp_path, capsys):
     runs = tmp_path / "runs"
     cases = [
         (["predict", "--weights", best, "--source", str(tmp_path / "missing.jpg")], "source not found"),
-        (["predict", "--weights", str(tmp_path / "nope.pt"), "--source", str(image)], "weights not found"),
+        (["predict", "--weights", str(tmp_path / "nope.pt"), "--source", str(image)], "checkpoint not found"),
+        (["predict", "--weights", str(tmp_path / "nope.onnx"), "--source", str(image)], "onnx file not found"),
         (["predict", "--weights", best, "--source", str(image), "--conf", "2"], "between 0 and 1"),
         (["predict", "--weights", best, "--source", str(image), "--classes", "9"], "classes 0..3"),
         (["predict", "--weights", str(image), "--source", str(image)], "not a"),
         (["export", "--weights", best, "--opset", "5"], "--opset"),
-        (["export", "--weights", str(tmp_path / "nope.pt")], "weights not found"),
+        (["export", "--weights", str(tmp_path / "nope.pt")], "checkpoint not found"),
     ]
     for argv, message in cases:
         assert main([*argv, "--project", str(runs)] if argv[0] == "predict" else argv) == 2, argv

@@ -165,9 +165,10 @@ def load_backend(weights: str | os.PathLike | DetectionModel, device: torch.devi
         meta = {"names": [weights.names[i] for i in range(weights.nc)], "stride": int(weights.stride.max())}
         return TorchBackend(weights, device, meta)
     path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights not found: {path}")
     suffix = path.suffix.lower()
+    if not path.is_file():
+        kind = "checkpoint" if suffix not in ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES else f"{suffix[1:]} file"
+        raise FileNotFoundError(f"{kind} not found: {path}")
     if suffix in ONNX_SUFFIXES:
         return OnnxRuntimeModel(path, device)
     if suffix in TORCHSCRIPT_SUFFIXES:
