@@ -11,6 +11,7 @@ Shapes: B batch, C channels, H×W map, N = H·W tokens, s = C/5 (one channel seg
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,8 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
 __all__ = [
@@ -44,6 +47,25 @@ LOGGER = logging.getLogger("gmyolo")
 
 NUM_SEGMENTS = 5  # channels are cut into 5 segments: identity, 3 aggregators, non-attention branch
 AGGREGATORS = ("conv", "min", "avg", "max")
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout: tokens B×N×C and channels-last images B×C×H×W are the same memory
+# --------------------------------------------------------------------------------------------------
+def to_image(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """B×N×C tokens -> B×C×H×W image in channels-last layout: a view, no copy."""
+    B, N, C = tokens.shape
+    return tokens.reshape(B, size[0], size[1], C).permute(0, 3, 1, 2)
+
+
+def to_tokens(image: torch.Tensor) -> torch.Tensor:
+    """B×C×H×W image -> B×N×C tokens: a view of a channels-last image (convolutions keep that layout)."""
+    return image.permute(0, 2, 3, 1).flatten(1, 2)
+
+
+def norm_rows(norm: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+    """A BatchNorm2d over M×s rows (statistics over all M, as over batch and pixels of a map)."""
+    return norm(rows.reshape(rows.shape[0], -1, 1, 1)).view(rows.shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -121,29 +143,50 @@ class ConvPosEnc(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        B, N, C = x.shape
-        img = x.transpose(1, 2).reshape(B, C, *size)
-        return x + self.proj(img).flatten(2).transpose(1, 2)
+        return x + to_tokens(self.proj(to_image(x, size)))
 
 
 class ConvRelPosEnc(nn.Module):
-    """Convolutional relative position encoding: q ⊙ depthwise-conv(v), heads split 2/3/3 over k 3/5/7."""
+    """Convolutional relative position encoding: depthwise convs of v, heads split 2/3/3 over kernels 3/5/7.
+
+    ``forward`` returns conv(v); the caller multiplies by q (the spec's crpe = q ⊙ conv(v)).
+    """
 
     windows = {3: 2, 5: 3, 7: 3}  # kernel size -> number of heads (the authors' fixed split of 8 heads)
 
     def __init__(self, head_dim: int):
         super().__init__()
+        self.head_dim = head_dim
         self.splits = [heads * head_dim for heads in self.windows.values()]
         self.conv_list = nn.ModuleList(
             nn.Conv2d(chs, chs, k, 1, k // 2, groups=chs) for k, chs in zip(self.windows, self.splits)
         )
 
-    def forward(self, q: torch.Tensor, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """q, v: B×h×N×d -> B×h×N×d."""
-        B, h, N, d = q.shape
-        v_img = v.transpose(-1, -2).reshape(B, h * d, *size)
-        conv_v = torch.cat([conv(part) for conv, part in zip(self.conv_list, v_img.split(self.splits, 1))], 1)
-        return q * conv_v.reshape(B, h, d, N).transpose(-1, -2)
+    def segment_kernels(self, heads_per_segment: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Depthwise kernel and bias for each group of ``heads_per_segment`` heads.
+
+        A group whose heads have different kernel sizes (head 4 has 5×5, head 5 has 7×7) gets the largest
+        size, smaller kernels zero-padded around their centre: the same convolution.
+        """
+        heads = []
+        for conv in self.conv_list:
+            heads += zip(conv.weight.split(self.head_dim), conv.bias.split(self.head_dim))
+        kernels = []
+        for i in range(0, len(heads), heads_per_segment):
+            group = heads[i : i + heads_per_segment]
+            k = max(w.shape[-1] for w, _ in group)
+            weight = torch.cat([F.pad(w, [(k - w.shape[-1]) // 2] * 4) for w, _ in group])
+            kernels.append((weight, torch.cat([b for _, b in group])))
+        return kernels
+
+    def forward(self, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """v: S×B×N×s, segment j holding heads j·h..(j+1)·h-1 (h = heads per segment) -> conv(v), same shape."""
+        kernels = self.segment_kernels(sum(self.windows.values()) // len(v))
+        out = [
+            to_tokens(F.conv2d(to_image(seg, size), w, b, 1, w.shape[-1] // 2, 1, w.shape[0]))
+            for seg, (w, b) in zip(v, kernels)
+        ]
+        return torch.stack(out)
 
 
 class NonAttentionBranch(nn.Module):
@@ -157,15 +200,20 @@ class NonAttentionBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B×3s×H×W -> B×N×s."""
-        return self.act(self.norm(self.conv(x).flatten(2).transpose(1, 2)))
+        return self.act(self.norm(to_tokens(self.conv(x))))
 
 
 class Aggregator(nn.Module):
-    """Group aggregation of the stacked q, k, v images (3B×C×H×W).
+    """Group aggregation of q, k and v.
 
     Segment S0 is the identity branch (BatchNorm, Hardswish); S1..S3 go through aggregators with
     kernels 3, 5, 7 (then BatchNorm, Hardswish); S4 of q, k and v together form the non-attention
     branch (`agg0` in the authors' names). The same layers serve q, k and v.
+
+    The input comes one segment at a time, q's, k's and v's copies side by side on the channels
+    (B×N×3s), so that each aggregator runs once over a contiguous map: a depthwise conv with its
+    kernel repeated for q, k and v, then the pointwise conv as one matrix product over B·N·3 rows.
+    BatchNorm statistics over those rows are those over the 3B images of the spec.
     """
 
     def __init__(self, dim: int, aggregator: str = "conv"):
@@ -185,33 +233,53 @@ class Aggregator(nn.Module):
         self.act3 = nn.Hardswish()
         self.agg0 = NonAttentionBranch(s)
 
-    def forward(self, qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, ...]:
-        """qkv: 3B×C×H×W (q, k, v stacked on the batch axis).
+    def branches(self) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
+        """(aggregator, BatchNorm, activation) of S1, S2, S3."""
+        return [
+            (self.agg1, self.norm1, self.act1),
+            (self.agg2, self.norm2, self.act2),
+            (self.agg3, self.norm3, self.act3),
+        ]
 
-        Returns q, k, v of shape B×heads×N×d (d = 4s/heads) and the non-attention tokens B×N×s.
+    def aggregate(self, agg: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One aggregator over q, k and v at once: x B×3s×H×W -> rows (B·N·3)×s."""
+        s = self.seg_dim
+        if isinstance(agg, SeparableConv2d):
+            conv = agg.conv1
+            x = F.conv2d(x, conv.weight.repeat(3, 1, 1, 1), None, 1, conv.padding, 1, 3 * s)
+            return F.linear(to_tokens(x).reshape(-1, s), agg.pointwise_conv.weight.flatten(1))
+        return to_tokens(agg(x)).reshape(-1, s)  # pooling is per channel
+
+    def forward(self, segments: Sequence[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """segments: S0..S4, each B×N×3s (q, k, v side by side).
+
+        Returns the attention input 4×B×N×3×s (segment j of q, k, v = their heads 2j and 2j+1) and the
+        non-attention tokens B×N×s.
         """
-        B3, C, H, W = qkv.shape
-        B, s = B3 // 3, self.seg_dim
-        x0, x1, x2, x3, x4 = qkv.split(s, dim=1)
-        local = self.agg0(x4.reshape(3, B, s, H, W).transpose(0, 1).reshape(B, 3 * s, H, W))
-        x = torch.cat(
-            [
-                self.act0(self.norm0(x0)),
-                self.act1(self.norm1(self.agg1(x1))),
-                self.act2(self.norm2(self.agg2(x2))),
-                self.act3(self.norm3(self.agg3(x3))),
-            ],
-            dim=1,
-        )
-        q, k, v = x.reshape(3, B, num_heads, 4 * s // num_heads, H * W).transpose(-1, -2)
-        return q, k, v, local
+        B, N, _ = segments[0].shape
+        s = self.seg_dim
+        out = [self.act0(norm_rows(self.norm0, segments[0].reshape(-1, s)))]
+        for (agg, norm, act), x in zip(self.branches(), segments[1:4]):
+            out.append(act(norm_rows(norm, self.aggregate(agg, to_image(x, size)))))
+        local = self.agg0(to_image(segments[4], size))
+        return torch.stack(out).view(4, B, N, 3, s), local
 
 
 # --------------------------------------------------------------------------------------------------
 # Group-Mix Attention and the GMA block
 # --------------------------------------------------------------------------------------------------
+def block_diagonal_mask(num_blocks: int, block: int, value: float) -> torch.Tensor:
+    """(num_blocks·block)² matrix: ``value`` on the diagonal blocks, 0 elsewhere."""
+    return torch.block_diag(*[torch.full((block, block), value)] * num_blocks)
+
+
 class GroupMixAttention(nn.Module):
-    """GMA over tokens B×N×C: group aggregation, factorised attention, CRPE, non-attention branch."""
+    """GMA over tokens B×N×C: group aggregation, factorised attention, CRPE, non-attention branch.
+
+    Heads never straddle segments (segment j of the a = 4s attention channels holds heads 2j, 2j+1), so
+    attention runs per segment on a 4B batch: the s×s context of a segment holds both heads' d×d
+    contexts on its diagonal, and a block mask zeroes the cross-head entries.
+    """
 
     def __init__(
         self,
@@ -230,21 +298,34 @@ class GroupMixAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.aggregator = Aggregator(dim, aggregator)
-        self.crpe = ConvRelPosEnc(head_dim=4 * (dim // NUM_SEGMENTS) // num_heads)
+        seg_dim = dim // NUM_SEGMENTS
+        self.crpe = ConvRelPosEnc(head_dim=4 * seg_dim // num_heads)
+        heads_per_segment = num_heads // 4
+        mask = block_diagonal_mask(heads_per_segment, seg_dim // heads_per_segment, self.scale)
+        self.register_buffer("head_mask", mask, persistent=False)
+
+    def qkv_segments(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The qkv projection one segment at a time: S0..S4, each B×N×3s with q's, k's, v's copies side by side."""
+        C = x.shape[-1]
+        s = C // NUM_SEGMENTS
+        w = self.qkv.weight.view(3, NUM_SEGMENTS, s, C).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s, C)
+        b = self.qkv.bias.view(3, NUM_SEGMENTS, s).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s)
+        return [F.linear(x, w[j], b[j]) for j in range(NUM_SEGMENTS)]
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         B, N, C = x.shape
-        # B×N×3×C -> 3B×C×H×W: q, k, v stacked along the batch axis in that order.
-        qkv = self.qkv(x).reshape(B, N, 3, C).permute(2, 0, 3, 1).reshape(3 * B, C, *size)
-        q, k, v, local = self.aggregator(qkv, self.num_heads)
+        qkv, local = self.aggregator(self.qkv_segments(x), size)  # 4×B×N×3×s, B×N×s
+        q, k, v = qkv.unbind(3)  # 4×B×N×s each
 
-        # Factorised attention: q · (softmax_N(k)ᵀ · v); context is only d×d per head.
-        context = self.attn_drop(k.softmax(dim=2).transpose(-1, -2) @ v)
-        out = self.scale * (q @ context) + self.crpe(q, v, size)
+        # Factorised attention: q · (softmax_N(k)ᵀ · v), scaled; the contexts are only d×d per head.
+        context = k.flatten(0, 1).softmax(dim=1).transpose(1, 2) @ v.flatten(0, 1)
+        context = self.attn_drop(context * self.head_mask)
+        crpe = q * self.crpe(v, size)
+        out = torch.baddbmm(crpe.flatten(0, 1), q.flatten(0, 1), context).view(4, B, N, -1)
 
-        out = out.transpose(1, 2).reshape(B, N, -1)  # head-major channels
-        x = self.proj(torch.cat([out, local], dim=-1))
-        return self.proj_drop(x)
+        # Head-major channels, then the non-attention tokens: B×N×C.
+        out = torch.cat([out, local.unsqueeze(0)]).permute(1, 2, 0, 3).reshape(B, N, C)
+        return self.proj_drop(self.proj(out))
 
 
 class Mlp(nn.Module):
@@ -288,18 +369,156 @@ class GMABlock(nn.Module):
 
 
 class GMAStage(nn.Module):
-    """A stack of GMA blocks on a B×C×H×W map (named `gma_stage` as in the authors' checkpoints)."""
+    """A stack of GMA blocks on a B×C×H×W map (named `gma_stage` as in the authors' checkpoints).
 
-    def __init__(self, blocks: Sequence[GMABlock]):
+    Works on tokens that share memory with a channels-last map, so no layout copies between blocks;
+    returns a channels-last map. With ``grad_checkpointing`` the stage's activations are recomputed
+    in the backward pass instead of stored.
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module]):
         super().__init__()
         self.gma_stage = nn.ModuleList(blocks)
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        tokens = x.flatten(2).transpose(1, 2)
+        if self.grad_checkpointing and torch.is_grad_enabled() and x.requires_grad:
+            return checkpoint(self.run_blocks, x, use_reentrant=False, context_fn=self.recompute_context)
+        return self.run_blocks(x)
+
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        size = (x.shape[2], x.shape[3])
+        tokens = to_tokens(x.contiguous(memory_format=torch.channels_last))
         for block in self.gma_stage:
-            tokens = block(tokens, (H, W))
-        return tokens.transpose(1, 2).reshape(B, C, H, W)
+            tokens = block(tokens, size)
+        return to_image(tokens, size)
+
+    def recompute_context(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        """The recomputation must not update BatchNorm running statistics a second time."""
+        return contextlib.nullcontext(), frozen_batchnorm_stats(self)
+
+    @torch.no_grad()
+    def fuse(self) -> GMAStage:
+        """Switch conv-aggregator blocks to their inference form (:class:`FusedGMABlock`); eval mode only."""
+        self.eval()
+        for i, block in enumerate(self.gma_stage):
+            if isinstance(block, GMABlock) and isinstance(block.att.aggregator.agg1, SeparableConv2d):
+                self.gma_stage[i] = FusedGMABlock(block)
+        return self
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_stats(module: nn.Module):
+    """BatchNorms under ``module`` normalise with batch statistics as usual but leave their running stats alone."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+
+
+# --------------------------------------------------------------------------------------------------
+# Inference form of a GMA block
+# --------------------------------------------------------------------------------------------------
+class FusedGMABlock(nn.Module):
+    """A :class:`GMABlock` (conv aggregator) folded for inference; outputs equal the block's in eval mode.
+
+    - CPE: the residual is the depthwise kernel's centre tap + 1.
+    - LayerNorm affines are folded into the linears after them (qkv, fc1).
+    - qkv is computed per segment; S0's BatchNorm is folded into its rows.
+    - each aggregator's BatchNorm is folded into its pointwise conv, a matrix product over B·N·3 rows.
+    - the CRPE kernels are grouped per segment once, not at every call.
+    """
+
+    @torch.no_grad()
+    def __init__(self, block: GMABlock):
+        super().__init__()
+        att, agg = block.att, block.att.aggregator
+        C = att.qkv.in_features
+        s = C // NUM_SEGMENTS
+        like = dict(device=att.qkv.weight.device, dtype=att.qkv.weight.dtype)
+        self.eps1, self.eps2 = block.norm1.eps, block.norm2.eps
+
+        self.cpe = depthwise_conv(block.cpe.proj.weight, block.cpe.proj.bias)
+        self.cpe.weight[:, 0, 1, 1] += 1  # x + conv(x) in one convolution
+
+        # qkv per segment, norm1's affine folded in; then S0's BatchNorm (scale, shift) on its rows.
+        w = att.qkv.weight * block.norm1.weight
+        b = att.qkv.weight @ block.norm1.bias
+        if att.qkv.bias is not None:
+            b += att.qkv.bias
+        w = w.view(3, NUM_SEGMENTS, s, C).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s, C)
+        b = b.view(3, NUM_SEGMENTS, s).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s)
+        scale, shift = bn_scale_shift(agg.norm0)
+        w[0] *= scale.repeat(3)[:, None]
+        b[0] = b[0] * scale.repeat(3) + shift.repeat(3)
+        self.register_buffer("qkv_weight", w.contiguous())
+        self.register_buffer("qkv_bias", b.contiguous())
+
+        # S1..S3: depthwise kernels repeated for q, k, v; pointwise convs with their BatchNorm folded in.
+        self.agg_convs = nn.ModuleList()
+        pw_w, pw_b = [], []
+        for sep, norm, _ in agg.branches():
+            self.agg_convs.append(depthwise_conv(sep.conv1.weight.repeat(3, 1, 1, 1)))
+            scale, shift = bn_scale_shift(norm)
+            pw_w.append(sep.pointwise_conv.weight.flatten(1) * scale[:, None])
+            pw_b.append(shift)
+        self.register_buffer("pw_weight", torch.stack(pw_w))
+        self.register_buffer("pw_bias", torch.stack(pw_b))
+        self.local = agg.agg0
+        self.crpe_convs = nn.ModuleList(depthwise_conv(w, b) for w, b in att.crpe.segment_kernels(att.num_heads // 4))
+        self.register_buffer("head_mask", att.head_mask.clone())
+        self.proj = att.proj
+
+        self.fc1 = nn.Linear(C, block.mlp.fc1.out_features, **like)
+        self.fc1.weight.copy_(block.mlp.fc1.weight * block.norm2.weight)
+        self.fc1.bias.copy_(block.mlp.fc1.bias + block.mlp.fc1.weight @ block.norm2.bias)
+        self.fc2 = block.mlp.fc2
+        self.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        B, N, C = x.shape
+        s = C // NUM_SEGMENTS
+        x = to_tokens(self.cpe(to_image(x, size)))
+        h = F.layer_norm(x, (C,), eps=self.eps1)
+
+        # Group aggregation: S0 (BatchNorm already in its rows), S1..S3 (separable convs), then Hardswish.
+        qkv = [F.linear(h, self.qkv_weight[0], self.qkv_bias[0])]
+        for j, conv in enumerate(self.agg_convs):
+            seg = conv(to_image(F.linear(h, self.qkv_weight[j + 1], self.qkv_bias[j + 1]), size))
+            qkv.append(F.linear(to_tokens(seg).reshape(B, N, 3, s), self.pw_weight[j], self.pw_bias[j]))
+        qkv = F.hardswish(torch.stack([t.view(B, N, 3, s) for t in qkv]), inplace=True)
+        local = self.local(to_image(F.linear(h, self.qkv_weight[4], self.qkv_bias[4]), size))
+        q, k, v = qkv.unbind(3)
+
+        context = k.flatten(0, 1).softmax(dim=1).transpose(1, 2) @ v.flatten(0, 1)
+        conv_v = torch.stack([to_tokens(conv(to_image(seg, size))) for conv, seg in zip(self.crpe_convs, v)])
+        out = torch.baddbmm((q * conv_v).flatten(0, 1), q.flatten(0, 1), context * self.head_mask)
+        out = torch.cat([out.view(4, B, N, s), local.unsqueeze(0)]).permute(1, 2, 0, 3).reshape(B, N, C)
+        x = x + self.proj(out)
+        return x + self.fc2(F.gelu(self.fc1(F.layer_norm(x, (C,), eps=self.eps2))))
+
+
+def depthwise_conv(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Conv2d:
+    """A stride-1 'same' depthwise Conv2d holding copies of ``weight`` (C×1×k×k) and ``bias``."""
+    C, _, k, _ = weight.shape
+    conv = nn.Conv2d(C, C, k, 1, k // 2, groups=C, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    conv.weight.data.copy_(weight)
+    if bias is not None:
+        conv.bias.data.copy_(bias)
+    return conv
+
+
+def bn_scale_shift(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval-mode BatchNorm as y = scale·x + shift."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
 
 
 # --------------------------------------------------------------------------------------------------
@@ -335,7 +554,8 @@ class GroupMixFormer(nn.Module):
     Args use the authors' names. In features mode ``forward`` returns the maps of ``out_indices``
     (strides 4, 8, 16, 32 for stages 0..3); ``feature_info``, ``out_channels`` and ``out_strides``
     tell their channels and strides without running the model. Stages after the last requested one
-    are not built.
+    are not built. ``grad_checkpointing`` recomputes stage activations in the backward pass (memory for
+    compute). ``fuse()`` switches to the inference path.
     """
 
     def __init__(
@@ -353,6 +573,7 @@ class GroupMixFormer(nn.Module):
         aggregator: str = "conv",
         features_only: bool = False,
         out_indices: Sequence[int] = (0, 1, 2, 3),
+        grad_checkpointing: bool = False,
     ):
         super().__init__()
         if not (len(embedding_dims) == len(serial_depths) == len(mlp_ratios) == 4):
@@ -410,6 +631,7 @@ class GroupMixFormer(nn.Module):
             self.head = nn.Linear(embedding_dims[3], num_classes) if num_classes > 0 else nn.Identity()
             self.drop = nn.Dropout(drop_rate)
         self.apply(self._init_weights)
+        self.set_grad_checkpointing(grad_checkpointing)
 
     @staticmethod
     def _init_weights(m: nn.Module) -> None:
@@ -442,6 +664,12 @@ class GroupMixFormer(nn.Module):
                 names.add(name)
         return names
 
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass instead of keeping them (less memory, ~1/3
+        more compute); for the large variants at detection sizes. BatchNorm statistics are updated once."""
+        for stage in self.groupmixformer_backbone:
+            stage.grad_checkpointing = enable
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classification head with a freshly initialised one for ``num_classes``."""
         if self.features_only:
@@ -470,19 +698,17 @@ class GroupMixFormer(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> GroupMixFormer:
-        """Fold each BatchNorm into the convolution right before it, for inference.
+        """Switch to the inference path (eval mode): outputs unchanged up to float rounding.
 
-        Stem, patch embeddings and the conv aggregators; the identity branch's BatchNorm (no conv
-        before it) and the classifier's ``norm4`` stay. Outputs are unchanged up to float rounding.
+        BatchNorm is folded into the convolution before it in the stem and patch embeddings, and every
+        GMA block (conv aggregator) becomes a :class:`FusedGMABlock`. The classifier's ``norm4`` stays.
+        Meant for inference: the fused model is not trained further.
         """
         self.eval()
         pairs = [(self.conv_stem, "proj1", "norm1"), (self.conv_stem, "proj2", "norm2")]
         pairs += [(embed, "proj.pointwise_conv", "norm") for embed in self.patch_embed_layers]
-        if self.config["aggregator"] == "conv":
-            for stage in self.groupmixformer_backbone:
-                for block in stage.gma_stage:
-                    agg = block.att.aggregator
-                    pairs += [(agg, f"agg{j}.pointwise_conv", f"norm{j}") for j in (1, 2, 3)]
+        for stage in self.groupmixformer_backbone:
+            stage.fuse()
         for owner, conv_name, bn_name in pairs:
             bn = getattr(owner, bn_name)
             if not isinstance(bn, nn.BatchNorm2d):
@@ -495,8 +721,9 @@ class GroupMixFormer(nn.Module):
 
     # ---- forward --------------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """x: B×3×H×W -> the map of every built stage, B×C_i×ceil(H/s_i)×ceil(W/s_i)."""
-        x = self.conv_stem(x)
+        """x: B×3×H×W -> the map of every built stage, B×C_i×ceil(H/s_i)×ceil(W/s_i) (channels-last memory)."""
+        # Channels-last from the start: depthwise convs are fastest on it, and tokens are then views of maps.
+        x = self.conv_stem(x.contiguous(memory_format=torch.channels_last))
         maps = []
         for embed, stage in zip(self.patch_embed_layers, self.groupmixformer_backbone):
             x = stage(embed(x))
