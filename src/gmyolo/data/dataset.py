@@ -259,21 +259,26 @@ def build_dataloader(
     workers: int = 2,
     shuffle: bool = True,
     seed: int = 0,
-    distributed: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """A DataLoader with worker processes, pinned memory on CUDA, seeded shuffling, and our collate.
 
+    Shuffling goes through a ``DistributedSampler``, also in a single process (``world_size`` 1): the
+    order of epoch e is a permutation seeded with ``seed + e`` (call ``loader.sampler.set_epoch(e)``),
+    and rank r of ``world_size`` takes every ``world_size``-th image of it. So the union of the ranks'
+    k-th batches of ``batch_size`` is the k-th batch of ``batch_size * world_size`` of a single process.
+    An unshuffled loader (validation) is not split: every image, in order.
     Workers are not persistent, so per-epoch changes to the dataset (``set_epoch``, ``close_mosaic``)
     reach them.
     """
     workers = max(0, min(workers, os.cpu_count() or 1, batch_size))
-    sampler = DistributedSampler(dataset, shuffle=shuffle, seed=seed) if distributed else None
+    sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed) if shuffle else None
     generator = torch.Generator()
     generator.manual_seed(seed)
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.cuda.is_available(),

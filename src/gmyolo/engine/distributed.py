@@ -1,0 +1,209 @@
+"""Training on several GPUs or machines with PyTorch DDP, one process per GPU, started by torchrun.
+
+``torchrun --nproc_per_node N -m gmyolo train ...`` sets RANK, LOCAL_RANK and WORLD_SIZE in each
+process; :func:`setup_distributed` turns them into a process group (NCCL on GPUs, gloo on the CPU)
+and this process's device. ``gmyolo train --device 0,1,2,3`` is a shortcut that runs torchrun
+itself (:func:`launch`). Every rank trains on its own share of each batch (``DistributedSampler``);
+DDP averages the gradients, so all ranks hold the same weights; rank 0 alone validates and writes
+logs, plots and checkpoints, and tells the others when to stop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from .device import check_gpus, parse_gpus, select_device
+
+__all__ = [
+    "LaunchError",
+    "is_distributed",
+    "get_rank",
+    "get_world_size",
+    "is_main_process",
+    "setup_distributed",
+    "per_rank_batch",
+    "wrap_model",
+    "main_process_first",
+    "broadcast_object",
+    "mean_over_ranks",
+    "launch_needed",
+    "launch",
+]
+
+LOGGER = logging.getLogger("gmyolo")
+# Rank 0 validates and saves while the other ranks wait at their next collective: allow for long validations.
+TIMEOUT = timedelta(hours=3)
+
+
+class LaunchError(RuntimeError):
+    """torchrun, started by ``--device 0,1,...``, ended with an error (the workers' messages are above it)."""
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def setup_distributed(device: str, sync_bn: bool = False) -> torch.device:
+    """This process's device; under torchrun also the process group (joined once per process).
+
+    Outside torchrun this is :func:`select_device`. Processes on non-zero ranks log errors only.
+    """
+    if "LOCAL_RANK" not in os.environ:
+        if sync_bn:
+            LOGGER.warning("--sync-bn only matters when training on several GPUs; ignored")
+        return select_device(device)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    device_ = select_device(device, local_rank, local_world_size)
+    if sync_bn and device_.type != "cuda":
+        raise ValueError("--sync-bn needs GPUs: SyncBatchNorm runs on CUDA only")
+    if not is_distributed():
+        if device_.type == "cuda":
+            torch.cuda.set_device(device_)
+        backend = "nccl" if device_.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=TIMEOUT, device_id=device_ if device_.type == "cuda" else None)
+        atexit.register(shutdown)
+    if not is_main_process():
+        LOGGER.setLevel(logging.ERROR)  # rank 0 reports; the others would only repeat it
+    LOGGER.info("DDP: %d processes (%s backend), rank 0 on %s", get_world_size(), dist.get_backend(), device_)
+    return device_
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def per_rank_batch(batch: int) -> int:
+    """Each rank's share of the global ``--batch``."""
+    world = get_world_size()
+    if batch % world:
+        raise ValueError(f"--batch {batch} must be a multiple of the number of processes ({world})")
+    return batch // world
+
+
+def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False) -> nn.Module:
+    """The module to run the training forward through: DDP (optionally with SyncBatchNorm) or ``model`` itself.
+
+    SyncBatchNorm replaces the BatchNorm layers in place, keeping their parameters and buffers, so
+    ``model`` (its EMA, optimizer and checkpoints) stays the one to save.
+    """
+    if not is_distributed():
+        return model
+    if sync_bn:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        LOGGER.info("SyncBatchNorm: BatchNorm statistics over the global batch")
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (generating or caching data), the other ranks once it has finished."""
+    if is_distributed() and not is_main_process():
+        dist.barrier()
+    yield
+    if is_distributed() and is_main_process():
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank (picklable Python objects; from rank 0 only, a trusted source)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src)
+    return box[0]
+
+
+def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The mean of ``x`` over all ranks (a new tensor; ``x`` itself when not distributed)."""
+    if not is_distributed():
+        return x
+    x = x.detach().clone()
+    dist.all_reduce(x)
+    return x / get_world_size()
+
+
+# --------------------------------------------------------------------------------------------------
+# ``--device 0,1,...``: run torchrun for the user
+# --------------------------------------------------------------------------------------------------
+def launch_needed(device: str) -> bool:
+    """Several GPUs named, and not already inside a torchrun process."""
+    return "LOCAL_RANK" not in os.environ and len(parse_gpus(device)) > 1
+
+
+def launch(args: Any, nproc: int | None = None) -> dict[str, Any]:
+    """Train ``args`` (a TrainArgs) in ``nproc`` processes under torchrun on this machine; rank 0's results.
+
+    ``nproc`` defaults to the number of GPUs in ``args.device`` (which must exist). The arguments go
+    to the workers as a YAML file, the results come back as JSON.
+    """
+    if nproc is None:
+        gpus = parse_gpus(args.device)
+        check_gpus(gpus, args.device)
+        nproc = len(gpus)
+    with tempfile.TemporaryDirectory(prefix="gmyolo-ddp-") as tmp:
+        args_file, result_file = Path(tmp) / "args.yaml", Path(tmp) / "result.json"
+        args_file.write_text(yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
+        worker = "from gmyolo.engine.distributed import run_worker; run_worker()"
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        cmd += ["--no-python", sys.executable, "-c", worker, str(args_file), str(result_file)]
+        LOGGER.info("DDP: starting %d processes: %s", nproc, " ".join(cmd))
+        proc = subprocess.Popen(cmd)
+        try:
+            code = proc.wait()
+        except KeyboardInterrupt:  # torchrun got the Ctrl-C too: let it stop its workers
+            proc.wait()
+            raise
+        if code != 0:
+            raise LaunchError(f"distributed training failed (torchrun exit code {code}); see the messages above")
+        return json.loads(result_file.read_text())
+
+
+def run_worker() -> None:
+    """One torchrun process started by :func:`launch`: ``ARGS_YAML RESULT_JSON`` on the command line."""
+    from ..cli.main import USER_ERRORS
+    from .trainer import TrainArgs, train
+
+    args_file, result_file = sys.argv[1:3]
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        result = train(TrainArgs(**yaml.safe_load(Path(args_file).read_text())))
+    except KeyboardInterrupt as e:
+        print("gmyolo train: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as e:
+        print(f"gmyolo train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if is_main_process():
+        Path(result_file).write_text(json.dumps(result, default=float))
