@@ -1,13 +1,15 @@
-"""GroupMixFormer: exactness against the authors' code, the variant table, features mode, options."""
+"""GroupMixFormer: exactness against the authors' code, the variant table, features mode, options, fast paths."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 
-from gmyolo.models.groupmixformer import VARIANTS, GroupMixFormer, groupmixformer, stage_output_sizes
+from gmyolo.models.groupmixformer import VARIANTS, FusedGMABlock, GroupMixFormer, groupmixformer, stage_output_sizes
+from gmyolo.models.groupmixformer_literal import literal_forward_features
 from gmyolo.models.summary import count_macs, count_parameters
 
 # The spec's table (counted on the authors' code, 1000-class head, 224x224).
@@ -185,3 +187,93 @@ def test_reset_classifier():
     model = groupmixformer("m")
     model.reset_classifier(7)
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+
+
+# --------------------------------------------------------------------------------------------------
+# Fast paths: the training path, the fused inference path and the literal spec-order reference agree
+# --------------------------------------------------------------------------------------------------
+SMALL = dict(embedding_dims=(40, 80, 120, 160), serial_depths=(1, 1, 2, 1), num_classes=10, drop_path_rate=0.0)
+
+
+def randomize_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """Non-trivial BatchNorm statistics and norm affines, so that folding them is really tested."""
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.5)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
+                m.weight.copy_(1 + 0.3 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.3 * torch.randn(m.bias.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("aggregator", ["conv", "max"])
+@pytest.mark.parametrize("size", [(64, 96), (200, 168)])  # small maps take the merged form, 50x42 tokens do not
+def test_fused_equals_eager(aggregator, size):
+    model = randomize_norms(GroupMixFormer(**SMALL, aggregator=aggregator)).eval()
+    fused = copy.deepcopy(model).fuse()
+    assert all(isinstance(b, FusedGMABlock) for s in fused.groupmixformer_backbone for b in s.gma_stage)
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        for ours, ref in zip(fused.forward_features(x), model.forward_features(x)):
+            torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=0)
+
+
+def test_fused_equals_golden_after_loading_authors_weights(golden):
+    model = golden_model(golden).fuse()
+    with torch.no_grad():
+        maps = model.forward_features(golden["input"])
+        logits = model(golden["input"])
+    for ours, theirs in zip(maps, golden["eval_features"]):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits, golden["eval_logits"], atol=1e-4, rtol=0)
+
+
+def test_literal_reference_equals_model():
+    model = randomize_norms(GroupMixFormer(**SMALL)).eval()
+    x = torch.randn(2, 3, 72, 100)
+    with torch.no_grad():
+        for ours, ref in zip(model.forward_features(x), literal_forward_features(model, x)):
+            torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="eval mode"):
+        literal_forward_features(model.train(), x)
+    with pytest.raises(ValueError, match="unfused"):
+        literal_forward_features(copy.deepcopy(model).eval().fuse(), x)
+
+
+def test_grad_checkpointing_same_gradients_and_batchnorm_updated_once():
+    torch.manual_seed(0)
+    plain = GroupMixFormer(**{**SMALL, "serial_depths": (1, 1, 1, 1)}).train()
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing()
+    x = torch.randn(2, 3, 32, 32)
+    for model in (plain, ckpt):
+        (model(x) ** 2).mean().backward()
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-6, rtol=1e-4, msg=name)
+    for (name, b), c in zip(plain.named_buffers(), ckpt.buffers()):
+        torch.testing.assert_close(c, b, msg=name)  # running stats and num_batches_tracked: updated once
+
+
+def test_maps_are_channels_last_and_fused_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    model = randomize_norms(GroupMixFormer(**SMALL)).eval().fuse()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        maps = model.forward_features(x)
+        logits = model(x)
+    assert all(m.is_contiguous(memory_format=torch.channels_last) for m in maps)
+    file = tmp_path / "gmf.onnx"
+    torch.onnx.export(
+        model, (x,), str(file), dynamo=False, opset_version=17, input_names=["images"],
+        dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}},
+    )  # fmt: skip
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    torch.testing.assert_close(torch.from_numpy(session.run(None, {"images": x.numpy()})[0]), logits, atol=1e-4, rtol=0)
+    y = torch.randn(2, 3, 96, 64)  # another batch and size
+    with torch.no_grad():
+        want = model(y)
+    torch.testing.assert_close(torch.from_numpy(session.run(None, {"images": y.numpy()})[0]), want, atol=1e-4, rtol=0)

@@ -41,6 +41,8 @@ __all__ = [
     "groupmixformer_l",
     "load_checkpoint_state_dict",
     "infer_config_from_state_dict",
+    "is_variant_name",
+    "FusedGMABlock",
 ]
 
 LOGGER = logging.getLogger("gmyolo")
@@ -175,7 +177,7 @@ class ConvRelPosEnc(nn.Module):
         for i in range(0, len(heads), heads_per_segment):
             group = heads[i : i + heads_per_segment]
             k = max(w.shape[-1] for w, _ in group)
-            weight = torch.cat([F.pad(w, [(k - w.shape[-1]) // 2] * 4) for w, _ in group])
+            weight = torch.cat([pad_kernel(w, k) for w, _ in group])
             kernels.append((weight, torch.cat([b for _, b in group])))
         return kernels
 
@@ -399,10 +401,10 @@ class GMAStage(nn.Module):
 
     @torch.no_grad()
     def fuse(self) -> GMAStage:
-        """Switch conv-aggregator blocks to their inference form (:class:`FusedGMABlock`); eval mode only."""
+        """Switch the blocks to their inference form (:class:`FusedGMABlock`); for eval mode only."""
         self.eval()
         for i, block in enumerate(self.gma_stage):
-            if isinstance(block, GMABlock) and isinstance(block.att.aggregator.agg1, SeparableConv2d):
+            if isinstance(block, GMABlock):
                 self.gma_stage[i] = FusedGMABlock(block)
         return self
 
@@ -427,22 +429,29 @@ def frozen_batchnorm_stats(module: nn.Module):
 # Inference form of a GMA block
 # --------------------------------------------------------------------------------------------------
 class FusedGMABlock(nn.Module):
-    """A :class:`GMABlock` (conv aggregator) folded for inference; outputs equal the block's in eval mode.
+    """A :class:`GMABlock` folded for inference; outputs equal the block's in eval mode (to float rounding).
 
     - CPE: the residual is the depthwise kernel's centre tap + 1.
     - LayerNorm affines are folded into the linears after them (qkv, fc1).
     - qkv is computed per segment; S0's BatchNorm is folded into its rows.
-    - each aggregator's BatchNorm is folded into its pointwise conv, a matrix product over B·N·3 rows.
+    - each aggregator's BatchNorm is folded into its pointwise conv (a pooling aggregator gets a diagonal
+      one), a matrix product over B·N·3 rows; the depthwise kernels are repeated for q, k, v once.
     - the CRPE kernels are grouped per segment once, not at every call.
+
+    On small maps (at most ``MERGE_TOKENS`` tokens) a call costs more than its arithmetic, so the same
+    work runs in fewer, larger ops: one qkv product, one depthwise conv for every segment (kernels
+    zero-padded to the largest, S0 an identity kernel), one CRPE conv. Larger maps use the exact kernel
+    sizes, which do less arithmetic. Pooling aggregators always take the per-segment path.
     """
+
+    MERGE_TOKENS = 1024
 
     @torch.no_grad()
     def __init__(self, block: GMABlock):
         super().__init__()
         att, agg = block.att, block.att.aggregator
-        C = att.qkv.in_features
-        s = C // NUM_SEGMENTS
-        like = dict(device=att.qkv.weight.device, dtype=att.qkv.weight.dtype)
+        self.dim = C = att.qkv.in_features
+        self.seg_dim = s = C // NUM_SEGMENTS
         self.eps1, self.eps2 = block.norm1.eps, block.norm2.eps
 
         self.cpe = depthwise_conv(block.cpe.proj.weight, block.cpe.proj.bias)
@@ -461,48 +470,106 @@ class FusedGMABlock(nn.Module):
         self.register_buffer("qkv_weight", w.contiguous())
         self.register_buffer("qkv_bias", b.contiguous())
 
-        # S1..S3: depthwise kernels repeated for q, k, v; pointwise convs with their BatchNorm folded in.
-        self.agg_convs = nn.ModuleList()
+        # S1..S3: the spatial step over q, k, v at once, then the pointwise step with the BatchNorm folded in.
+        self.spatial = nn.ModuleList()
         pw_w, pw_b = [], []
-        for sep, norm, _ in agg.branches():
-            self.agg_convs.append(depthwise_conv(sep.conv1.weight.repeat(3, 1, 1, 1)))
+        for agg_j, norm, _ in agg.branches():
             scale, shift = bn_scale_shift(norm)
-            pw_w.append(sep.pointwise_conv.weight.flatten(1) * scale[:, None])
+            if isinstance(agg_j, SeparableConv2d):
+                self.spatial.append(depthwise_conv(agg_j.conv1.weight.repeat(3, 1, 1, 1)))
+                pw_w.append(agg_j.pointwise_conv.weight.flatten(1) * scale[:, None])
+            else:  # pooling: per channel, no pointwise conv
+                self.spatial.append(agg_j)
+                pw_w.append(torch.diag(scale))
             pw_b.append(shift)
         self.register_buffer("pw_weight", torch.stack(pw_w))
         self.register_buffer("pw_bias", torch.stack(pw_b))
         self.local = agg.agg0
-        self.crpe_convs = nn.ModuleList(depthwise_conv(w, b) for w, b in att.crpe.segment_kernels(att.num_heads // 4))
+        kernels = att.crpe.segment_kernels(att.num_heads // 4)
+        self.crpe_convs = nn.ModuleList(depthwise_conv(w, b) for w, b in kernels)
+
+        # The merged form for small maps (conv aggregators only).
+        self.merged = isinstance(agg.agg1, SeparableConv2d)
+        if self.merged:
+            k = max(agg_j.conv1.kernel_size[0] for agg_j, _, _ in agg.branches())
+            identity = torch.zeros_like(pad_kernel(agg.agg1.conv1.weight.repeat(3, 1, 1, 1), k))
+            identity[:, 0, k // 2, k // 2] = 1
+            merged = [identity] + [
+                pad_kernel(agg_j.conv1.weight.repeat(3, 1, 1, 1), k) for agg_j, _, _ in agg.branches()
+            ]
+            self.merged_dw = depthwise_conv(torch.cat([*merged, pad_kernel(agg.agg0.conv.conv1.weight, k)]))
+            # Pointwise weights shared by q, k, v as one block-diagonal matrix over the segment's 3s channels.
+            self.register_buffer("pw_blocks", torch.stack([torch.block_diag(w, w, w) for w in pw_w]))
+            self.register_buffer("pw_blocks_bias", self.pw_bias.repeat(1, 3))
+            self.register_buffer("local_pw", agg.agg0.conv.pointwise_conv.weight.flatten(1).clone())
+            self.crpe_merged = depthwise_conv(*att.crpe.segment_kernels(att.num_heads)[0])
         self.register_buffer("head_mask", att.head_mask.clone())
         self.proj = att.proj
 
-        self.fc1 = nn.Linear(C, block.mlp.fc1.out_features, **like)
-        self.fc1.weight.copy_(block.mlp.fc1.weight * block.norm2.weight)
-        self.fc1.bias.copy_(block.mlp.fc1.bias + block.mlp.fc1.weight @ block.norm2.bias)
+        fc1 = block.mlp.fc1
+        self.fc1 = nn.Linear(C, fc1.out_features, device=fc1.weight.device, dtype=fc1.weight.dtype)
+        self.fc1.weight.copy_(fc1.weight * block.norm2.weight)
+        self.fc1.bias.copy_(fc1.bias + fc1.weight @ block.norm2.bias)
         self.fc2 = block.mlp.fc2
         self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        B, N, C = x.shape
-        s = C // NUM_SEGMENTS
+        B, N, _ = x.shape
+        C, s = self.dim, self.seg_dim
+        # Traced or exported graphs take the per-segment form for every size (runtimes there have no per-call cost).
+        exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
+        merged = self.merged and not exporting and N <= self.MERGE_TOKENS
         x = to_tokens(self.cpe(to_image(x, size)))
         h = F.layer_norm(x, (C,), eps=self.eps1)
-
-        # Group aggregation: S0 (BatchNorm already in its rows), S1..S3 (separable convs), then Hardswish.
-        qkv = [F.linear(h, self.qkv_weight[0], self.qkv_bias[0])]
-        for j, conv in enumerate(self.agg_convs):
-            seg = conv(to_image(F.linear(h, self.qkv_weight[j + 1], self.qkv_bias[j + 1]), size))
-            qkv.append(F.linear(to_tokens(seg).reshape(B, N, 3, s), self.pw_weight[j], self.pw_bias[j]))
-        qkv = F.hardswish(torch.stack([t.view(B, N, 3, s) for t in qkv]), inplace=True)
-        local = self.local(to_image(F.linear(h, self.qkv_weight[4], self.qkv_bias[4]), size))
-        q, k, v = qkv.unbind(3)
+        qkv, local = self.aggregate_merged(h, size) if merged else self.aggregate(h, size)
+        q, k, v = qkv.unbind(3)  # 4×B×N×s each
 
         context = k.flatten(0, 1).softmax(dim=1).transpose(1, 2) @ v.flatten(0, 1)
-        conv_v = torch.stack([to_tokens(conv(to_image(seg, size))) for conv, seg in zip(self.crpe_convs, v)])
+        conv_v = self.crpe_merged_conv(v, size) if merged else self.crpe_conv(v, size)
         out = torch.baddbmm((q * conv_v).flatten(0, 1), q.flatten(0, 1), context * self.head_mask)
         out = torch.cat([out.view(4, B, N, s), local.unsqueeze(0)]).permute(1, 2, 0, 3).reshape(B, N, C)
         x = x + self.proj(out)
         return x + self.fc2(F.gelu(self.fc1(F.layer_norm(x, (C,), eps=self.eps2))))
+
+    def aggregate(self, h: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per segment: S0 (BatchNorm already in its rows), S1..S3 (spatial + pointwise), Hardswish; S4."""
+        B, N, _ = h.shape
+        s = self.seg_dim
+        qkv = [F.linear(h, self.qkv_weight[0], self.qkv_bias[0])]
+        for j, spatial in enumerate(self.spatial):
+            seg = spatial(to_image(F.linear(h, self.qkv_weight[j + 1], self.qkv_bias[j + 1]), size))
+            qkv.append(F.linear(to_tokens(seg).reshape(B, N, 3, s), self.pw_weight[j], self.pw_bias[j]))
+        qkv = F.hardswish(torch.stack([t.view(B, N, 3, s) for t in qkv]), inplace=True)
+        local = self.local(to_image(F.linear(h, self.qkv_weight[4], self.qkv_bias[4]), size))
+        return qkv, local
+
+    def aggregate_merged(self, h: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same with one qkv product and one depthwise conv; the pointwise steps read strided slices."""
+        B, N, _ = h.shape
+        s = self.seg_dim
+        y = F.linear(h, self.qkv_weight.flatten(0, 1), self.qkv_bias.flatten())
+        y = to_tokens(self.merged_dw(to_image(y, size))).view(B, N, NUM_SEGMENTS, 3 * s)
+        qkv = [y[:, :, 0]] + [
+            F.linear(y[:, :, j + 1], w, b) for j, (w, b) in enumerate(zip(self.pw_blocks, self.pw_blocks_bias))
+        ]
+        qkv = F.hardswish(torch.stack(qkv), inplace=True).view(4, B, N, 3, s)
+        local = self.local.act(self.local.norm(F.linear(y[:, :, 4], self.local_pw)))
+        return qkv, local
+
+    def crpe_conv(self, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """conv(v) for 4×B×N×s values, one depthwise conv per segment."""
+        return torch.stack([to_tokens(conv(to_image(seg, size))) for conv, seg in zip(self.crpe_convs, v.unbind(0))])
+
+    def crpe_merged_conv(self, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The same as one depthwise conv over all heads (B×N×4s, head-major), returned as a 4×B×N×s view."""
+        _, B, N, s = v.shape
+        conv_v = self.crpe_merged(to_image(v.permute(1, 2, 0, 3).reshape(B, N, 4 * s), size))
+        return to_tokens(conv_v).view(B, N, 4, s).permute(2, 0, 1, 3)
+
+
+def pad_kernel(weight: torch.Tensor, k: int) -> torch.Tensor:
+    """A C×1×k'×k' kernel zero-padded around its centre to k×k: the same 'same'-padded convolution."""
+    return F.pad(weight, [(k - weight.shape[-1]) // 2] * 4)
 
 
 def depthwise_conv(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Conv2d:
@@ -701,7 +768,7 @@ class GroupMixFormer(nn.Module):
         """Switch to the inference path (eval mode): outputs unchanged up to float rounding.
 
         BatchNorm is folded into the convolution before it in the stem and patch embeddings, and every
-        GMA block (conv aggregator) becomes a :class:`FusedGMABlock`. The classifier's ``norm4`` stays.
+        GMA block becomes a :class:`FusedGMABlock`. The classifier's ``norm4`` stays.
         Meant for inference: the fused model is not trained further.
         """
         self.eval()
@@ -772,7 +839,7 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle.UnpicklingError, RuntimeError (bad zip), EOFError, ...
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(e))
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", str(e), re.IGNORECASE)  # any module, blocked too
         if found:
             raise CheckpointError(
                 f"{path}: refused to load: the file holds a pickled Python object ({found.group(1)}), not only "
@@ -956,6 +1023,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
         embedding_dims=(240, 320, 360, 480), serial_depths=(8, 10, 30, 10), mlp_ratios=(4, 4, 2, 2), drop_path_rate=0.1
     ),
 }
+
+
+def is_variant_name(name: str) -> bool:
+    """'groupmixformer-t', 't', 'gmf-x' (refused later by :func:`variant_name`) — not a file name."""
+    key = name.strip().lower()
+    if key.endswith((".yaml", ".yml", ".pt", ".pth")):
+        return False
+    return key in VARIANTS or key.startswith(("groupmixformer", "gmf-", "gmf_"))
 
 
 def variant_name(name: str) -> str:
