@@ -444,7 +444,7 @@ class FusedGMABlock(nn.Module):
     sizes, which do less arithmetic. Pooling aggregators always take the per-segment path.
     """
 
-    MERGE_TOKENS = 1024
+    MERGE_TOKENS = 4096  # 64×64 tokens; measured on CPU: merged is faster below, per-segment above
 
     @torch.no_grad()
     def __init__(self, block: GMABlock):

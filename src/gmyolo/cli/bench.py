@@ -1,0 +1,60 @@
+"""``gmyolo bench``: parameters, MACs, inference per mode, a training step, predict end to end, data pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ..engine.bench import MODES, BenchArgs, format_report, run_bench
+
+
+def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+    d = BenchArgs()
+    p = commands.add_parser(
+        "bench",
+        help="speed of a model on this machine: inference modes, training step, predict, data pipeline",
+        description=(
+            "Times inference at batch 1 and --batch in each mode (the modes interleaved run by run, medians of "
+            "--repeats runs, ratios from the same run), a training step, predict end to end on one image and the "
+            "training data pipeline. Prints a table, or JSON with --json."
+        ),
+    )
+    p.add_argument(
+        "--model",
+        default=d.model,
+        help=f"detector YAML (packaged name or path), gmyolo checkpoint (.pt), or groupmixformer-m|t|s|b|l "
+        f"(default {d.model})",
+    )
+    p.add_argument("--imgsz", type=int, default=None, help="input size (default 640 for a detector, 224 otherwise)")
+    p.add_argument(
+        "--batch", type=int, default=d.batch, help=f"the larger batch: throughput, training (default {d.batch})"
+    )
+    p.add_argument("--device", default=d.device, help="'' (auto), cpu, 0, cuda:0")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for torch and ONNX Runtime")
+    p.add_argument("--repeats", type=int, default=d.repeats, help=f"timed runs per measurement (default {d.repeats})")
+    p.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed runs first (default {d.warmup})")
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=MODES,
+        default=None,
+        help="inference modes (default: all that apply; compile only on CUDA, as it compiles for minutes on a CPU)",
+    )
+    p.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
+    p.add_argument("--no-predict", dest="predict", action="store_false", help="skip predict end to end")
+    p.add_argument("--no-data", dest="data", action="store_false", help="skip the data pipeline")
+    p.add_argument("--workers", type=int, default=d.workers, help=f"DataLoader workers (default {d.workers})")
+    p.add_argument("--features", action="store_true", help="a GroupMixFormer in features mode (no classifier)")
+    p.add_argument(
+        "--grad-checkpointing", action="store_true", help="GroupMixFormer activation checkpointing in the training step"
+    )
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    p.set_defaults(run=run_bench_command)
+
+
+def run_bench_command(args: argparse.Namespace) -> dict[str, Any]:
+    fields = {k: getattr(args, k) for k in BenchArgs.__dataclass_fields__}
+    report = run_bench(BenchArgs(**fields))
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return report
