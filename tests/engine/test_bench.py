@@ -77,6 +77,7 @@ def test_detector_every_section():
 
 
 def test_grad_checkpointing_keeps_fewer_activations():
+    torch.set_num_threads(1)  # as run_bench does for threads=1 (this calls one of its parts directly)
     base = BenchArgs(model="groupmixformer-m", imgsz=64, batch=2, threads=1, repeats=1, warmup=0, features=True)
     model = build_model(base)
     plain = bench_train_step(model, base, torch.device("cpu"))

@@ -156,9 +156,7 @@ def onnx_session(model: nn.Module, example: torch.Tensor, workdir: Path, threads
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
+    providers = ["CUDAExecutionProvider"] if device.type == "cuda" else ["CPUExecutionProvider"]
     session = ort.InferenceSession(str(file), options, providers=providers)
     name = session.get_inputs()[0].name
 
@@ -167,6 +165,14 @@ def onnx_session(model: nn.Module, example: torch.Tensor, workdir: Path, threads
         return outs[0] if len(outs) == 1 else outs
 
     return run
+
+
+def onnxruntime_providers() -> list[str]:
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return onnxruntime.get_available_providers()
 
 
 def inference_modes(
@@ -201,6 +207,9 @@ def inference_modes(
             else:
                 runs[mode] = torch.compile(copy.deepcopy(fused))
         elif mode == "onnx":
+            if device.type == "cuda" and "CUDAExecutionProvider" not in onnxruntime_providers():
+                skipped[mode] = "this onnxruntime has no CUDA provider"
+                continue
             net = copy.deepcopy(fused).cpu()
             if isinstance(net, DetectionModel):
                 net.detect.export = True  # the decoded tensor only, as `gmyolo export` writes it
@@ -327,6 +336,8 @@ def bench_train_step(model: nn.Module, args: BenchArgs, device: torch.device) ->
         nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimizer.step()
 
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     times = time_interleaved({"train": step}, args.repeats, args.warmup, device)["train"]
     optimizer.zero_grad(set_to_none=True)
     result = {"batch": args.batch, "imgsz": [h, w], **summarize(times, args.batch)}
