@@ -22,7 +22,7 @@ from gmyolo.engine.trainer import stride_multiple
 from gmyolo.models.yolo import DetectionModel, ModelConfigError
 
 FAST = ["--model", "yolov5n-gmf-nano", "--imgsz", "64", "--batch", "8", "--nbs", "8", "--workers", "0"]
-FAST += ["--no-plots", "--no-tensorboard", "--noautoanchor"]
+FAST += ["--device", "cpu", "--no-plots", "--no-tensorboard", "--noautoanchor"]
 
 
 @pytest.fixture(scope="module")

@@ -191,3 +191,12 @@ def test_devices_under_torchrun(monkeypatch):
     with pytest.raises(ValueError, match="--sync-bn needs GPUs"):
         setup_distributed("cpu", sync_bn=True)
     assert not distributed_module.is_distributed()
+
+
+@pytest.mark.slow
+def test_launch_runs_torchrun_and_returns_rank_0_results(synth, tmp_path):
+    # What `--device 0,1,...` does, here with one CPU process: torchrun, the worker, the results file.
+    args = TrainArgs(data=synth, epochs=1, project=str(tmp_path), noautoanchor=True, **RUN)
+    result = distributed_module.launch(args, nproc=1)
+    assert result["save_dir"] == str(tmp_path / "exp") and result["epochs_trained"] == 1
+    assert torch.load(result["last"], weights_only=True)["epoch"] == 0

@@ -21,7 +21,7 @@ from gmyolo.engine.trainer import TrainArgs, train
 from gmyolo.models.yolo import DetectionModel
 
 CLI = ["--model", "yolov5n-gmf-nano", "--imgsz", "64", "--batch", "8", "--nbs", "8", "--workers", "0"]
-CLI += ["--no-plots", "--no-tensorboard", "--noautoanchor"]
+CLI += ["--device", "cpu", "--no-plots", "--no-tensorboard", "--noautoanchor"]
 
 
 @pytest.fixture(scope="module")

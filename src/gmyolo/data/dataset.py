@@ -261,8 +261,9 @@ def build_dataloader(
     seed: int = 0,
     rank: int = 0,
     world_size: int = 1,
+    pin_memory: bool | None = None,
 ) -> DataLoader:
-    """A DataLoader with worker processes, pinned memory on CUDA, seeded shuffling, and our collate.
+    """A DataLoader with worker processes, pinned memory for CUDA, seeded shuffling, and our collate.
 
     Shuffling goes through a ``DistributedSampler``, also in a single process (``world_size`` 1): the
     order of epoch e is a permutation seeded with ``seed + e`` (call ``loader.sampler.set_epoch(e)``),
@@ -270,7 +271,7 @@ def build_dataloader(
     k-th batches of ``batch_size`` is the k-th batch of ``batch_size * world_size`` of a single process.
     An unshuffled loader (validation) is not split: every image, in order.
     Workers are not persistent, so per-epoch changes to the dataset (``set_epoch``, ``close_mosaic``)
-    reach them.
+    reach them. ``pin_memory`` None: when CUDA is available (pass False when training on the CPU).
     """
     workers = max(0, min(workers, os.cpu_count() or 1, batch_size))
     sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed) if shuffle else None
@@ -281,7 +282,7 @@ def build_dataloader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         collate_fn=collate_fn,
         worker_init_fn=seed_worker,
         generator=generator,

@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -123,6 +124,9 @@ def wrap_model(model: nn.Module, device: torch.device, sync_bn: bool = False) ->
     if sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         LOGGER.info("SyncBatchNorm: BatchNorm statistics over the global batch")
+    # Depthwise kernels' gradients differ from their buckets only in the stride of a size-1 dimension (the same
+    # memory layout); DDP's warning about it says nothing useful here.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides", category=UserWarning)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -186,7 +190,7 @@ def launch(args: Any, nproc: int | None = None) -> dict[str, Any]:
             proc.wait()
             raise
         if code != 0:
-            raise LaunchError(f"distributed training failed (torchrun exit code {code}); see the messages above")
+            raise LaunchError(f"distributed training failed (torchrun exit code {code}); the workers' errors are above")
         return json.loads(result_file.read_text())
 
 

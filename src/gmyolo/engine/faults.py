@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..utils.files import atomic_write
+from .distributed import get_world_size, is_main_process
 
 __all__ = ["BatchTooLarge", "GracefulInterrupt", "out_of_memory_hint", "tidy_interrupted_run"]
 
@@ -81,7 +82,7 @@ class GracefulInterrupt:
             self.pending = signum
             LOGGER.warning("%s: finishing the checkpoint being written, then stopping", signal.Signals(signum).name)
             return
-        raise KeyboardInterrupt(self.hint)
+        raise KeyboardInterrupt(self.hint if is_main_process() else "")  # rank 0 alone saves, and says so
 
     @contextlib.contextmanager
     def deferred(self) -> Iterator[None]:
@@ -92,11 +93,12 @@ class GracefulInterrupt:
             self.depth -= 1
         if not self.depth and self.pending is not None:
             self.pending = None
-            raise KeyboardInterrupt(self.hint)
+            raise KeyboardInterrupt(self.hint if is_main_process() else "")
 
     def saved(self, last: Path, epoch: int) -> None:
         """``last`` now holds ``epoch`` (0-based) finished."""
-        self.hint = f"{last} holds epoch {epoch + 1}; continue with: gmyolo train --resume {last}"
+        how = "the same command and" if get_world_size() > 1 else "gmyolo train"  # DDP: torchrun or --device 0,1
+        self.hint = f"{last} holds epoch {epoch + 1}; continue with: {how} --resume {last}"
 
 
 def tidy_interrupted_run(save_dir: Path, finished_epochs: int) -> None:
