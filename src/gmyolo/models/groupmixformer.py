@@ -2,9 +2,14 @@
 
 Paper: Ge et al., "Advancing Vision Transformers with Group-Mix Attention", 2023.
 
-The computation follows the authors' released code step by step, so their ImageNet-1K checkpoints
-load unchanged (module names equal the authors' state-dict keys) and give the same numbers. The
-order of this file: building blocks, GMA, the GMA block, the model, checkpoint loading, variants.
+The computation is the authors' released code's, so their ImageNet-1K checkpoints load unchanged
+(module names equal the authors' state-dict keys) and give the same numbers. The memory layout is
+ours, for speed: tokens share memory with channels-last maps (no copies between the two views), q, k
+and v are aggregated one segment at a time (one conv per aggregator, no split/cat), and attention
+runs per segment. ``groupmixformer_literal.py`` keeps the spec's own order as a benchmark reference;
+``fuse()`` switches every block to :class:`FusedGMABlock` for inference. The order of this file:
+layout helpers, building blocks, GMA, the GMA block, its inference form, the model, checkpoint
+loading, variants.
 
 Shapes: B batch, C channels, H×W map, N = H·W tokens, s = C/5 (one channel segment).
 """
@@ -48,6 +53,7 @@ __all__ = [
 LOGGER = logging.getLogger("gmyolo")
 
 NUM_SEGMENTS = 5  # channels are cut into 5 segments: identity, 3 aggregators, non-attention branch
+SMALL_SEGMENT = 16  # below this segment width, pointwise convs run on q, k, v's channels together (measured)
 AGGREGATORS = ("conv", "min", "avg", "max")
 
 
@@ -246,11 +252,14 @@ class Aggregator(nn.Module):
     def aggregate(self, agg: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """One aggregator over q, k and v at once: x B×3s×H×W -> rows (B·N·3)×s."""
         s = self.seg_dim
-        if isinstance(agg, SeparableConv2d):
-            conv = agg.conv1
-            x = F.conv2d(x, conv.weight.repeat(3, 1, 1, 1), None, 1, conv.padding, 1, 3 * s)
-            return F.linear(to_tokens(x).reshape(-1, s), agg.pointwise_conv.weight.flatten(1))
-        return to_tokens(agg(x)).reshape(-1, s)  # pooling is per channel
+        if not isinstance(agg, SeparableConv2d):
+            return to_tokens(agg(x)).reshape(-1, s)  # pooling is per channel
+        conv = agg.conv1
+        x = to_tokens(F.conv2d(x, conv.weight.repeat(3, 1, 1, 1), None, 1, conv.padding, 1, 3 * s))
+        w = agg.pointwise_conv.weight.flatten(1)
+        if s < SMALL_SEGMENT:  # BLAS is slow on s×s products; q, k, v's at once (3s×3s, block-diagonal) is faster
+            return F.linear(x, torch.block_diag(w, w, w)).reshape(-1, s)
+        return F.linear(x.reshape(-1, s), w)
 
     def forward(self, segments: Sequence[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """segments: S0..S4, each B×N×3s (q, k, v side by side).
@@ -311,6 +320,8 @@ class GroupMixAttention(nn.Module):
         C = x.shape[-1]
         s = C // NUM_SEGMENTS
         w = self.qkv.weight.view(3, NUM_SEGMENTS, s, C).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s, C)
+        if self.qkv.bias is None:
+            return [F.linear(x, w[j]) for j in range(NUM_SEGMENTS)]
         b = self.qkv.bias.view(3, NUM_SEGMENTS, s).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s)
         return [F.linear(x, w[j], b[j]) for j in range(NUM_SEGMENTS)]
 
@@ -326,7 +337,7 @@ class GroupMixAttention(nn.Module):
         out = torch.baddbmm(crpe.flatten(0, 1), q.flatten(0, 1), context).view(4, B, N, -1)
 
         # Head-major channels, then the non-attention tokens: B×N×C.
-        out = torch.cat([out, local.unsqueeze(0)]).permute(1, 2, 0, 3).reshape(B, N, C)
+        out = torch.stack([*out.unbind(0), local], dim=2).view(B, N, C)
         return self.proj_drop(self.proj(out))
 
 
@@ -432,19 +443,18 @@ class FusedGMABlock(nn.Module):
     """A :class:`GMABlock` folded for inference; outputs equal the block's in eval mode (to float rounding).
 
     - CPE: the residual is the depthwise kernel's centre tap + 1.
-    - LayerNorm affines are folded into the linears after them (qkv, fc1).
     - qkv is computed per segment; S0's BatchNorm is folded into its rows.
     - each aggregator's BatchNorm is folded into its pointwise conv (a pooling aggregator gets a diagonal
       one), a matrix product over B·N·3 rows; the depthwise kernels are repeated for q, k, v once.
     - the CRPE kernels are grouped per segment once, not at every call.
 
-    On small maps (at most ``MERGE_TOKENS`` tokens) a call costs more than its arithmetic, so the same
+    On small maps (tokens × channels at most ``MERGE_SIZE``) a call costs more than its arithmetic, so the same
     work runs in fewer, larger ops: one qkv product, one depthwise conv for every segment (kernels
     zero-padded to the largest, S0 an identity kernel), one CRPE conv. Larger maps use the exact kernel
     sizes, which do less arithmetic. Pooling aggregators always take the per-segment path.
     """
 
-    MERGE_TOKENS = 4096  # 64×64 tokens; measured on CPU: merged is faster below, per-segment above
+    MERGE_SIZE = 2**17  # tokens × channels; measured on CPU: merged is faster below, per-segment above
 
     @torch.no_grad()
     def __init__(self, block: GMABlock):
@@ -452,16 +462,15 @@ class FusedGMABlock(nn.Module):
         att, agg = block.att, block.att.aggregator
         self.dim = C = att.qkv.in_features
         self.seg_dim = s = C // NUM_SEGMENTS
-        self.eps1, self.eps2 = block.norm1.eps, block.norm2.eps
+        # LayerNorms stay as they are: PyTorch's kernel with an affine is faster than the one without.
+        self.norm1, self.norm2 = block.norm1, block.norm2
 
         self.cpe = depthwise_conv(block.cpe.proj.weight, block.cpe.proj.bias)
         self.cpe.weight[:, 0, 1, 1] += 1  # x + conv(x) in one convolution
 
-        # qkv per segment, norm1's affine folded in; then S0's BatchNorm (scale, shift) on its rows.
-        w = att.qkv.weight * block.norm1.weight
-        b = att.qkv.weight @ block.norm1.bias
-        if att.qkv.bias is not None:
-            b += att.qkv.bias
+        # qkv per segment, S0's BatchNorm (scale, shift) folded into its rows.
+        w = att.qkv.weight.clone()
+        b = att.qkv.bias.clone() if att.qkv.bias is not None else torch.zeros_like(w[:, 0])
         w = w.view(3, NUM_SEGMENTS, s, C).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s, C)
         b = b.view(3, NUM_SEGMENTS, s).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s)
         scale, shift = bn_scale_shift(agg.norm0)
@@ -506,11 +515,7 @@ class FusedGMABlock(nn.Module):
         self.register_buffer("head_mask", att.head_mask.clone())
         self.proj = att.proj
 
-        fc1 = block.mlp.fc1
-        self.fc1 = nn.Linear(C, fc1.out_features, device=fc1.weight.device, dtype=fc1.weight.dtype)
-        self.fc1.weight.copy_(fc1.weight * block.norm2.weight)
-        self.fc1.bias.copy_(fc1.bias + fc1.weight @ block.norm2.bias)
-        self.fc2 = block.mlp.fc2
+        self.fc1, self.fc2 = block.mlp.fc1, block.mlp.fc2
         self.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -518,18 +523,18 @@ class FusedGMABlock(nn.Module):
         C, s = self.dim, self.seg_dim
         # Traced or exported graphs take the per-segment form for every size (runtimes there have no per-call cost).
         exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
-        merged = self.merged and not exporting and N <= self.MERGE_TOKENS
+        merged = self.merged and not exporting and N * C <= self.MERGE_SIZE
         x = to_tokens(self.cpe(to_image(x, size)))
-        h = F.layer_norm(x, (C,), eps=self.eps1)
+        h = self.norm1(x)
         qkv, local = self.aggregate_merged(h, size) if merged else self.aggregate(h, size)
         q, k, v = qkv.unbind(3)  # 4×B×N×s each
 
         context = k.flatten(0, 1).softmax(dim=1).transpose(1, 2) @ v.flatten(0, 1)
         conv_v = self.crpe_merged_conv(v, size) if merged else self.crpe_conv(v, size)
         out = torch.baddbmm((q * conv_v).flatten(0, 1), q.flatten(0, 1), context * self.head_mask)
-        out = torch.cat([out.view(4, B, N, s), local.unsqueeze(0)]).permute(1, 2, 0, 3).reshape(B, N, C)
+        out = torch.stack([*out.view(4, B, N, s).unbind(0), local], dim=2).view(B, N, C)  # head-major, then S4
         x = x + self.proj(out)
-        return x + self.fc2(F.gelu(self.fc1(F.layer_norm(x, (C,), eps=self.eps2))))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
     def aggregate(self, h: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per segment: S0 (BatchNorm already in its rows), S1..S3 (spatial + pointwise), Hardswish; S4."""
@@ -537,8 +542,11 @@ class FusedGMABlock(nn.Module):
         s = self.seg_dim
         qkv = [F.linear(h, self.qkv_weight[0], self.qkv_bias[0])]
         for j, spatial in enumerate(self.spatial):
-            seg = spatial(to_image(F.linear(h, self.qkv_weight[j + 1], self.qkv_bias[j + 1]), size))
-            qkv.append(F.linear(to_tokens(seg).reshape(B, N, 3, s), self.pw_weight[j], self.pw_bias[j]))
+            seg = to_tokens(spatial(to_image(F.linear(h, self.qkv_weight[j + 1], self.qkv_bias[j + 1]), size)))
+            if self.merged and s < SMALL_SEGMENT:
+                qkv.append(F.linear(seg, self.pw_blocks[j], self.pw_blocks_bias[j]))
+            else:
+                qkv.append(F.linear(seg.reshape(B, N, 3, s), self.pw_weight[j], self.pw_bias[j]))
         qkv = F.hardswish(torch.stack([t.view(B, N, 3, s) for t in qkv]), inplace=True)
         local = self.local(to_image(F.linear(h, self.qkv_weight[4], self.qkv_bias[4]), size))
         return qkv, local
