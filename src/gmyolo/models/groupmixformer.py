@@ -448,13 +448,13 @@ class FusedGMABlock(nn.Module):
       one), a matrix product over B·N·3 rows; the depthwise kernels are repeated for q, k, v once.
     - the CRPE kernels are grouped per segment once, not at every call.
 
-    On small maps (tokens × channels at most ``MERGE_SIZE``) a call costs more than its arithmetic, so the same
-    work runs in fewer, larger ops: one qkv product, one depthwise conv for every segment (kernels
-    zero-padded to the largest, S0 an identity kernel), one CRPE conv. Larger maps use the exact kernel
-    sizes, which do less arithmetic. Pooling aggregators always take the per-segment path.
+    On small inputs (batch × tokens × channels at most ``MERGE_SIZE``) a call costs more than its
+    arithmetic, so the same work runs in fewer, larger ops: one qkv product, one depthwise conv for every
+    segment (kernels zero-padded to the largest, S0 an identity kernel), one CRPE conv. Larger inputs use
+    the exact kernel sizes, which do less arithmetic. Pooling aggregators always take the per-segment path.
     """
 
-    MERGE_SIZE = 2**17  # tokens × channels; measured on CPU: merged is faster below, per-segment above
+    MERGE_SIZE = 2**17  # batch × tokens × channels; measured on CPU: merged is faster below, per-segment above
 
     @torch.no_grad()
     def __init__(self, block: GMABlock):
@@ -523,7 +523,7 @@ class FusedGMABlock(nn.Module):
         C, s = self.dim, self.seg_dim
         # Traced or exported graphs take the per-segment form for every size (runtimes there have no per-call cost).
         exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
-        merged = self.merged and not exporting and N * C <= self.MERGE_SIZE
+        merged = self.merged and not exporting and B * N * C <= self.MERGE_SIZE
         x = to_tokens(self.cpe(to_image(x, size)))
         h = self.norm1(x)
         qkv, local = self.aggregate_merged(h, size) if merged else self.aggregate(h, size)
