@@ -5,17 +5,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from ..engine.hyp import hyp_names, load_hyp
 from ..engine.trainer import TrainArgs, train
 from ..engine.val import ValArgs, run_val
 
 
 def parse_hyp(items: list[str]) -> dict[str, float]:
-    """--hyp lr0=0.005 mosaic=0.5 -> {'lr0': 0.005, 'mosaic': 0.5} (values checked later)."""
-    out = {}
-    for item in items or []:
+    """--hyp [NAME|PATH] [KEY=VALUE ...]: a packaged set or YAML file (checked here), then overrides on top.
+
+    ['scratch-high', 'lr0=0.005'] -> the set's values with lr0 = 0.005; ['mosaic=0.5'] -> {'mosaic': 0.5}
+    (override keys are checked by the trainer).
+    """
+    items = list(items or [])
+    out = load_hyp(items.pop(0)) if items and "=" not in items[0] else {}
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--hyp takes KEY=VALUE pairs, got {item!r}")
+            raise ValueError(f"--hyp takes one set name or YAML file first, then KEY=VALUE pairs; got {item!r}")
         try:
             out[key.strip()] = float(value)
         except ValueError:
@@ -39,8 +45,10 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
         default=d.nbs,
         help=f"nominal batch: gradients accumulate over nbs/batch batches (default {d.nbs}; YOLOv5 uses 64)",
     )
-    p.add_argument("--device", default=d.device, help="'' (auto), cpu, 0, cuda:0")
-    p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes")
+    p.add_argument(
+        "--device", default=d.device, help="'' (auto), cpu, 0, cuda:0, or 0,1,2,3: those GPUs, one process each (DDP)"
+    )
+    p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (per GPU in DDP)")
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
@@ -60,8 +68,18 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--close-mosaic", type=int, default=d.close_mosaic, help="no mosaic for the last N epochs")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    p.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all GPUs (DDP)")
     p.add_argument("--cache", action="store_true", help="cache decoded training images in RAM")
-    p.add_argument("--hyp", nargs="*", default=[], metavar="KEY=VALUE", help="hyper-parameter overrides")
+    p.add_argument(
+        "--hyp",
+        nargs="*",
+        default=[],
+        metavar="NAME|PATH KEY=VALUE",
+        help=f"hyper-parameters: a packaged set ({', '.join(hyp_names())}; default scratch-low) or a YAML file, "
+        "then KEY=VALUE overrides",
+    )
+    p.add_argument("--noautoanchor", action="store_true", help="keep the model's anchors (no AutoAnchor check/fit)")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logging")
     p.add_argument("--no-plots", dest="plots", action="store_false")
     p.set_defaults(run=run_train)
 
@@ -76,7 +94,7 @@ def run_train(args: argparse.Namespace) -> dict:
 def add_val_parser(commands: argparse._SubParsersAction) -> None:
     d = ValArgs()
     p = commands.add_parser("val", help="evaluate a checkpoint: P, R, mAP50, mAP50-95 per class")
-    p.add_argument("--weights", default=d.weights, help="a gmyolo checkpoint (best.pt / last.pt)")
+    p.add_argument("--weights", default=d.weights, help="checkpoint (best.pt) or its .onnx/.torchscript export")
     p.add_argument("--data", default=None, help="dataset YAML (default: the one the model was trained on)")
     p.add_argument("--split", default=d.split, choices=["train", "val", "test"])
     p.add_argument("--imgsz", type=int, default=None, help="image size (default: the training size)")

@@ -34,8 +34,8 @@ def out_of_memory_hint(batch: int, per_rank: int, images: torch.Tensor) -> Itera
     """Turn an out-of-memory error inside the block into :class:`BatchTooLarge` with what to change."""
     try:
         yield
-    except (torch.OutOfMemoryError, RuntimeError) as e:
-        if not isinstance(e, torch.OutOfMemoryError) and not is_allocation_failure(e):
+    except RuntimeError as e:  # torch.cuda.OutOfMemoryError is one
+        if not isinstance(e, torch.cuda.OutOfMemoryError) and not is_allocation_failure(e):
             raise
         share = f" ({per_rank} per process)" if per_rank != batch else ""
         h, w = images.shape[-2:]

@@ -14,6 +14,7 @@ from torch import nn
 from torchvision.ops import box_convert, complete_box_iou_loss
 
 from ..models.head import Detect
+from .distributed import get_world_size, mean_over_ranks
 
 __all__ = ["ComputeLoss", "LEVEL_BALANCE", "scale_loss_gains"]
 
@@ -38,10 +39,17 @@ class ComputeLoss:
 
     ``preds`` are the head's raw outputs (one B×na×H×W×(5+nc) tensor per level). ``hyp`` needs
     box, obj, cls (gains), cls_pw, obj_pw (BCE positive weights), anchor_t and label_smoothing.
+
+    ``distributed``: each DDP rank holds 1/world of the global batch and DDP averages the gradients,
+    so every rank scales by the global batch size (as YOLOv5), and box and class losses, means over
+    the matched anchors, are normalised by the mean number of matches over the ranks (as DETR
+    normalises by the boxes of all ranks): the gradient is then the global batch's. Every rank must
+    call it at the same step (it all-reduces); validation uses a plain instance.
     """
 
-    def __init__(self, detect: Detect, hyp: Mapping[str, float]):
+    def __init__(self, detect: Detect, hyp: Mapping[str, float], distributed: bool = False):
         self.hyp = dict(hyp)
+        self.distributed = distributed
         device = detect.anchors.device
         self.bce_cls = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp.get("cls_pw", 1.0)], device=device))
         self.bce_obj = nn.BCEWithLogitsLoss(pos_weight=torch.tensor([hyp.get("obj_pw", 1.0)], device=device))
@@ -55,6 +63,9 @@ class ComputeLoss:
         device = targets.device
         lcls, lbox, lobj = (torch.zeros(1, device=device) for _ in range(3))
         tcls, tbox, indices, anchors = self.build_targets(preds, targets)
+        # Matches per level here and (DDP) their mean over the ranks: loss means become shares of the global mean.
+        n_local = torch.tensor([float(len(ind[0])) for ind in indices], device=device)
+        n_mean = mean_over_ranks(n_local) if self.distributed else n_local
         for i, p in enumerate(preds):
             b, a, gj, gi = indices[i]
             tobj = torch.zeros(p.shape[:4], dtype=p.dtype, device=device)
@@ -64,17 +75,18 @@ class ComputeLoss:
                 pwh = (pwh.sigmoid() * 2) ** 2 * anchors[i]
                 pbox = box_convert(torch.cat((pxy, pwh), 1), "cxcywh", "xyxy")
                 ciou_loss = complete_box_iou_loss(pbox.float(), box_convert(tbox[i], "cxcywh", "xyxy"))
-                lbox += ciou_loss.mean()
+                share = n_local[i] / n_mean[i]  # exactly 1 in a single process
+                lbox += ciou_loss.mean() * share
                 tobj[b, a, gj, gi] = (1.0 - ciou_loss).detach().clamp(0).to(tobj.dtype)  # objectness target = CIoU
                 if self.nc > 1:  # a single class needs no class loss
                     t = torch.full_like(pcls, self.cls_neg)
                     t[range(len(b)), tcls[i]] = self.cls_pos
-                    lcls += self.bce_cls(pcls, t)
+                    lcls += self.bce_cls(pcls, t) * share
             lobj += self.bce_obj(p[..., 4], tobj) * self.balance[i]
         lbox *= self.hyp["box"]
         lobj *= self.hyp["obj"]
         lcls *= self.hyp["cls"]
-        bs = preds[0].shape[0]
+        bs = preds[0].shape[0] * (get_world_size() if self.distributed else 1)  # the global batch
         return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
 
     def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor):

@@ -29,9 +29,24 @@ from ..data.dataset import build_dataloader, create_dataset
 from ..data.plots import plot_batch, plot_labels
 from ..models.groupmixformer import GroupMixFormer
 from ..models.yolo import DetectionModel
+from .autoanchor import check_anchors
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .device import select_device
+from .distributed import (
+    broadcast_object,
+    get_rank,
+    get_world_size,
+    is_main_process,
+    launch,
+    launch_needed,
+    main_process_first,
+    mean_over_ranks,
+    per_rank_batch,
+    setup_distributed,
+    wrap_model,
+)
+from .faults import GracefulInterrupt, out_of_memory_hint, tidy_interrupted_run
 from .hyp import resolve_hyp
+from .loggers import tensorboard_logger
 from .loss import ComputeLoss, scale_loss_gains
 from .plots import plot_results
 from .validator import ValResults, format_table, save_validation_plots, validate
@@ -86,8 +101,11 @@ class TrainArgs:
     close_mosaic: int = 5  # no mosaic for the last N epochs
     seed: int = 0
     amp: bool = True  # mixed precision on CUDA
+    sync_bn: bool = False  # BatchNorm statistics over all GPUs (DDP)
     cache: bool = False  # keep decoded training images in RAM
-    hyp: dict[str, float] = field(default_factory=dict)  # hyper-parameter overrides
+    hyp: dict[str, float] | str = field(default_factory=dict)  # overrides, or a packaged set's name or a YAML path
+    noautoanchor: bool = False  # keep the model's anchors even when they fit the labels badly
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
     synth_dir: str = "datasets/synth"  # where 'synth' data is generated if missing
     plots: bool = True
     progress: bool = True
@@ -212,7 +230,19 @@ def stride_multiple(imgsz: int, stride: int) -> int:
 
 
 def train(args: TrainArgs) -> dict[str, Any]:
-    """Train a detector; returns the final metrics and the paths of the run folder and best checkpoint."""
+    """Train a detector; returns the final metrics and the paths of the run folder and best checkpoint.
+
+    ``device='0,1,...'`` trains on those GPUs, one process each, through torchrun (see
+    :mod:`gmyolo.engine.distributed`); under torchrun every process calls this and rank 0 reports.
+    """
+    if launch_needed(args.device):
+        args.check()  # fail here rather than in every process
+        return launch(args)
+    with GracefulInterrupt() as interrupt:
+        return run_training(args, interrupt)
+
+
+def run_training(args: TrainArgs, interrupt: GracefulInterrupt) -> dict[str, Any]:
     ckpt = None
     if args.resume:
         last = find_last_checkpoint(args.project) if args.resume == "last" else Path(args.resume)
@@ -224,11 +254,13 @@ def train(args: TrainArgs) -> dict[str, Any]:
         save_dir = last.parent.parent
         LOGGER.info("resuming %s from epoch %d", save_dir, ckpt["epoch"] + 2)
     args.check()
-    hyp = resolve_hyp(ckpt["hyp_overrides"] if ckpt is not None else args.hyp)  # bad keys fail before any work
-    device = select_device(args.device)
+    hyp_values = resolve_hyp(ckpt["hyp_overrides"] if ckpt is not None else args.hyp)  # bad keys fail before work
+    device = setup_distributed(args.device, args.sync_bn)
+    rank_batch = per_rank_batch(args.batch)  # this process's share of each batch
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    data = resolve_data(args)
+    with main_process_first():  # rank 0 generates the synthetic data, once
+        data = resolve_data(args)
 
     # ---- model -----------------------------------------------------------------------------------
     if ckpt is not None:
@@ -249,7 +281,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     stride = int(model.stride.max())
     imgsz = stride_multiple(args.imgsz, stride)
 
-    hyp = scale_loss_gains(hyp, data.nc, model.detect.nl, imgsz)
+    hyp = scale_loss_gains(hyp_values, data.nc, model.detect.nl, imgsz)
     accumulate = max(round(args.nbs / args.batch), 1)
     optimizer = build_optimizer(model, args.optimizer, hyp, args.batch, accumulate, args.nbs)
     lf = learning_rate_factor(args, hyp)
@@ -266,33 +298,50 @@ def train(args: TrainArgs) -> dict[str, Any]:
         if start_epoch >= args.epochs:
             raise ValueError(f"{args.resume}: that run already finished its {args.epochs} epochs")
     else:
-        save_dir = increment_path(Path(args.project) / args.name, args.exist_ok)
+        save_dir = broadcast_object(increment_path(Path(args.project) / args.name, args.exist_ok))  # rank 0's
     weights_dir = save_dir / "weights"
     weights_dir.mkdir(parents=True, exist_ok=True)
 
     # ---- data ------------------------------------------------------------------------------------
-    train_set, _ = create_dataset(
-        data,
-        "train",
-        imgsz,
-        augment=True,
-        hyp=hyp,
-        batch_size=args.batch,
-        stride=stride,
-        cache_images=args.cache,
+    with main_process_first():  # rank 0 checks the labels and writes their cache; the others read it
+        train_set, _ = create_dataset(
+            data,
+            "train",
+            imgsz,
+            augment=True,
+            hyp=hyp,
+            batch_size=args.batch,
+            stride=stride,
+            cache_images=args.cache,
+            seed=args.seed,
+        )
+    if ckpt is None and not args.noautoanchor:  # a resumed run keeps the anchors it was trained with
+        check_anchors(train_set.records, model, hyp["anchor_t"], imgsz, seed=args.seed)
+        ema.module.detect.anchors.copy_(model.detect.anchors)  # the EMA copy was made before the check
+    with main_process_first():
+        val_set, _ = create_dataset(data, "val", imgsz, rect=True, batch_size=args.batch * 2, stride=stride)
+    pin = device.type == "cuda"
+    train_loader = build_dataloader(
+        train_set,
+        rank_batch,
+        args.workers,
         seed=args.seed,
+        rank=get_rank(),
+        world_size=get_world_size(),
+        pin_memory=pin,
     )
-    val_set, _ = create_dataset(data, "val", imgsz, rect=True, batch_size=args.batch * 2, stride=stride)
-    train_loader = build_dataloader(train_set, args.batch, args.workers, shuffle=True, seed=args.seed)
-    val_loader = build_dataloader(val_set, args.batch * 2, args.workers, shuffle=False)
-    compute_loss = ComputeLoss(model.detect, hyp)
+    val_loader = build_dataloader(val_set, args.batch * 2, args.workers, shuffle=False, pin_memory=pin)
+    compute_loss = ComputeLoss(model.detect, hyp, distributed=get_world_size() > 1)
+    val_loss = ComputeLoss(model.detect, hyp)  # rank 0 alone validates: no collectives
+    train_model = wrap_model(model, device, args.sync_bn)  # DDP runs the forward; `model` is what is saved
 
-    if ckpt is None:
+    if ckpt is None and is_main_process():
         (save_dir / "args.yaml").write_text(yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
-        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp, sort_keys=False))
+        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp_values, sort_keys=False))  # reusable as --hyp
         if args.plots:
             plot_labels(np.concatenate([r.labels for r in train_set.records]), data.names, save_dir / "labels.jpg")
 
+    tb = tensorboard_logger(save_dir, args.tensorboard and is_main_process())
     nb = len(train_loader)
     total_iters = args.epochs * nb
     warmup_iters = min(max(round(hyp["warmup_epochs"] * nb), 100), total_iters // 2) if hyp["warmup_epochs"] else 0
@@ -300,6 +349,8 @@ def train(args: TrainArgs) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     uses_sgd = isinstance(optimizer, torch.optim.SGD)
     csv_file = save_dir / "results.csv"
+    if ckpt is not None and is_main_process():
+        tidy_interrupted_run(save_dir, start_epoch)
     stopper_best_epoch = start_epoch - 1
     LOGGER.info(
         "training %s on %s for %d epochs: %d train / %d val images at %d px, batch %d (accumulate %d), device %s;"
@@ -321,7 +372,7 @@ def train(args: TrainArgs) -> dict[str, Any]:
     for epoch in range(start_epoch, args.epochs):
         model.train()
         train_set.set_epoch(epoch)
-        train_loader.generator.manual_seed(args.seed + epoch)  # the same order for an epoch, resumed or not
+        train_loader.sampler.set_epoch(epoch)  # the same order for an epoch, resumed or not
         if args.close_mosaic and epoch == max(args.epochs - args.close_mosaic, 0):
             LOGGER.info("closing mosaic for the last %d epochs", args.epochs - epoch)
         if args.close_mosaic and epoch >= args.epochs - args.close_mosaic:
@@ -329,7 +380,11 @@ def train(args: TrainArgs) -> dict[str, Any]:
         mean_loss = torch.zeros(3)
         optimizer.zero_grad()
         bar = tqdm(
-            train_loader, total=nb, disable=not args.progress, dynamic_ncols=True, bar_format="{l_bar}{bar:10}{r_bar}"
+            train_loader,
+            total=nb,
+            disable=not (args.progress and is_main_process()),
+            dynamic_ncols=True,
+            bar_format="{l_bar}{bar:10}{r_bar}",
         )
         for i, (images, targets, paths, _) in enumerate(bar):
             ni = i + nb * epoch
@@ -345,17 +400,19 @@ def train(args: TrainArgs) -> dict[str, Any]:
                         g["momentum"] = momentum
                     else:
                         g["betas"] = (momentum, g["betas"][1])
-            with torch.autocast(device.type, enabled=use_amp):
-                preds = model(images)
+            with torch.autocast(device.type, enabled=use_amp), out_of_memory_hint(args.batch, rank_batch, images):
+                preds = train_model(images)
                 loss, loss_items = compute_loss(preds, targets)
-            if not torch.isfinite(loss):
+            loss_all = mean_over_ranks(loss)  # a NaN on any rank stops them all
+            if not torch.isfinite(loss_all):
                 raise TrainingDiverged(
-                    f"the loss became {loss.item()} at epoch {epoch + 1}, batch {i + 1} ({paths[0]} ...); stopped. "
+                    f"the loss became {loss_all.item()} at epoch {epoch + 1}, batch {i + 1} ({paths[0]} ...); stopped. "
                     f"The last good checkpoint is {weights_dir / 'last.pt'}"
                     + ("" if (weights_dir / "last.pt").exists() else " (none saved yet)")
                     + ". Try a lower learning rate (--hyp lr0=...) or --no-amp."
                 )
-            scaler.scale(loss).backward()
+            with out_of_memory_hint(args.batch, rank_batch, images):
+                scaler.scale(loss).backward()
             if (ni + 1) % accumulate == 0 or i == nb - 1:
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=hyp["grad_clip"])
@@ -370,35 +427,41 @@ def train(args: TrainArgs) -> dict[str, Any]:
                     f"{epoch + 1}/{args.epochs} {mem} box {mean_loss[0]:.4f} obj {mean_loss[1]:.4f} "
                     f"cls {mean_loss[2]:.4f} inst {len(targets)} size {images.shape[-1]}"
                 )
-            if epoch == start_epoch and i < 3 and args.plots and ckpt is None:
-                plot_batch(
+            if epoch == start_epoch and i < 3 and args.plots and ckpt is None and is_main_process():
+                plotted = plot_batch(
                     images.mul(255).byte().cpu(), targets.cpu(), data.names, save_dir / f"train_batch{i}.jpg", paths
                 )
+                if tb is not None:
+                    tb.log_image(plotted.stem, plotted, epoch + 1)
         bar.close()
         lrs = [g["lr"] for g in optimizer.param_groups]
         lr_by_kind = {g["kind"]: g["lr"] for g in optimizer.param_groups}
         scheduler.step()
+        if not is_main_process():  # rank 0 validates and saves; the others wait for whether to go on
+            if broadcast_object(None):
+                break
+            continue
 
         last_results = validate(
-            ema.module, val_loader, data.names, device, compute_loss=compute_loss, progress=args.progress
+            ema.module, val_loader, data.names, device, compute_loss=val_loss, progress=args.progress
         )
         fit = last_results.fitness
         m = last_results.metrics
-        write_csv_row(
-            csv_file,
-            [
-                epoch + 1,
-                *mean_loss.tolist(),
-                m.mp,
-                m.mr,
-                m.map50,
-                m.map,
-                *last_results.loss.tolist(),
-                lr_by_kind.get("decay", lrs[0]),
-                lr_by_kind.get("no_decay", lrs[0]),
-                lr_by_kind.get("bias", lrs[0]),
-            ],
-        )
+        row = [
+            epoch + 1,
+            *mean_loss.tolist(),
+            m.mp,
+            m.mr,
+            m.map50,
+            m.map,
+            *last_results.loss.tolist(),
+            lr_by_kind.get("decay", lrs[0]),
+            lr_by_kind.get("no_decay", lrs[0]),
+            lr_by_kind.get("bias", lrs[0]),
+        ]
+        write_csv_row(csv_file, row)
+        if tb is not None:
+            tb.log_epoch(epoch + 1, dict(zip(CSV_COLUMNS[1:], row[1:])), ema.module, val_loader, data.names)
         LOGGER.info(
             "epoch %d/%d: loss box %.4f obj %.4f cls %.4f | P %.3f R %.3f mAP50 %.3f mAP50-95 %.3f",
             epoch + 1,
@@ -419,16 +482,18 @@ def train(args: TrainArgs) -> dict[str, Any]:
             updates=int(ema.n_averaged),
             optimizer=optimizer.state_dict(),
             hyp=hyp,
-            hyp_overrides=dict(args.hyp),
+            hyp_overrides=hyp_values,  # all values, before the gain scaling: resume resolves them again
             args=dataclasses.asdict(args),
             metrics=last_results.as_dict(),
             data=data.to_dict(),
             rng_state=torch.get_rng_state(),
         )
-        save_checkpoint(weights_dir / "last.pt", model, **state)
-        if improved:
-            save_checkpoint(weights_dir / "best.pt", model, **state)
-        if args.patience and epoch - stopper_best_epoch >= args.patience:
+        with interrupt.deferred():  # Ctrl-C waits for the checkpoints; best.pt first, so last.pt is never ahead
+            if improved:
+                save_checkpoint(weights_dir / "best.pt", model, **state)
+            save_checkpoint(weights_dir / "last.pt", model, **state)
+            interrupt.saved(weights_dir / "last.pt", epoch)
+        if broadcast_object(bool(args.patience and epoch - stopper_best_epoch >= args.patience)):  # all ranks stop
             LOGGER.info(
                 "early stop: no improvement in the last %d epochs (best: epoch %d)",
                 args.patience,
@@ -436,6 +501,10 @@ def train(args: TrainArgs) -> dict[str, Any]:
             )
             break
 
+    if not is_main_process():
+        return {"save_dir": str(save_dir), "rank": get_rank(), "epochs_trained": epoch + 1}
+    if tb is not None:
+        tb.close()
     hours = (time.time() - t_start) / 3600
     LOGGER.info("%d epochs completed in %.3f hours", epoch - start_epoch + 1, hours)
     best = weights_dir / "best.pt"

@@ -9,6 +9,7 @@ evaluated as Python: names are looked up here, argument strings stay strings.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from . import common
 from .groupmixformer import GroupMixFormer, groupmixformer
 from .head import Detect
 
-__all__ = ["LayerContext", "BuiltLayer", "LayerType", "MODULES", "register_module", "make_divisible"]
+__all__ = ["LayerContext", "BuiltLayer", "LayerType", "MODULES", "register_module", "make_divisible", "checked"]
 
 
 def make_divisible(x: float, divisor: int = 8) -> int:
@@ -71,6 +72,32 @@ def register_module(name: str, constructor: Callable[..., nn.Module], rule: Rule
 
 def repeat(constructor: Callable[..., nn.Module], n: int, args: list[Any], kwargs: dict[str, Any]) -> nn.Module:
     return nn.Sequential(*(constructor(*args, **kwargs) for _ in range(n))) if n > 1 else constructor(*args, **kwargs)
+
+
+SIMPLE_TYPES = {bool: (bool,), int: (int,), float: (int, float)}
+
+
+def checked(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """``constructor``, refusing arguments that do not fit its ``bool``, ``int`` and ``float`` annotations.
+
+    YAML values stay data: ``'False'`` is a string, which a bool parameter would take as true.
+    """
+    try:
+        signature = inspect.signature(constructor, eval_str=True)
+    except (NameError, TypeError, ValueError):  # annotations that cannot be resolved: build unchecked
+        return constructor
+
+    @functools.wraps(constructor, updated=())
+    def build(*args, **kwargs):
+        for name, value in signature.bind(*args, **kwargs).arguments.items():
+            expected = signature.parameters[name].annotation
+            if expected in SIMPLE_TYPES and (
+                isinstance(value, bool) != (expected is bool) or not isinstance(value, SIMPLE_TYPES[expected])
+            ):
+                raise TypeError(f"argument '{name}' must be {expected.__name__}, got {value!r}")
+        return constructor(*args, **kwargs)
+
+    return build
 
 
 def bound_argument(constructor: Callable[..., nn.Module], args: list[Any], kwargs: dict[str, Any], name: str):

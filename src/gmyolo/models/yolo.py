@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import yaml
 from torch import nn
 
 from .head import Detect
-from .registry import MODULES, LayerContext
+from .registry import MODULES, LayerContext, checked
 
 __all__ = ["DetectionModel", "ModelConfigError", "BackboneOutput", "load_model_yaml", "parse_model", "packaged_models"]
 
@@ -72,7 +73,8 @@ def resolve_model_path(cfg: str | os.PathLike) -> Path:
 
 
 def layer_lines(text: str) -> dict[tuple[str, int], int]:
-    """Line number (1-based) of every layer entry in the 'backbone' and 'head' lists."""
+    """Line number (1-based) of every layer entry in the 'backbone' and 'head' lists, and of every
+    top-level key (as index -1: ``lines[("nc", -1)]``)."""
     lines: dict[tuple[str, int], int] = {}
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -80,6 +82,7 @@ def layer_lines(text: str) -> dict[tuple[str, int], int]:
         return lines
     if isinstance(root, yaml.MappingNode):
         for key, value in root.value:
+            lines[(key.value, -1)] = key.start_mark.line + 1
             if key.value in ("backbone", "head") and isinstance(value, yaml.SequenceNode):
                 for j, node in enumerate(value.value):
                     lines[(key.value, j)] = node.start_mark.line + 1
@@ -110,18 +113,23 @@ def load_model_yaml(cfg: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any
 
 def check_top_level(d: dict[str, Any]) -> None:
     src = d["_source"]
+
+    def at(key: str) -> str:
+        line = d["_lines"].get((key, -1))
+        return f"{src} line {line}" if line else src
+
     for key in ("nc", "backbone", "head"):
         if key not in d:
             raise ModelConfigError(f"{src}: missing required field '{key}'")
     if not isinstance(d["nc"], int) or isinstance(d["nc"], bool) or d["nc"] < 1:
-        raise ModelConfigError(f"{src}: 'nc' must be a positive integer, got {d['nc']!r}")
+        raise ModelConfigError(f"{at('nc')}: 'nc' must be a positive integer, got {d['nc']!r}")
     for key in ("depth_multiple", "width_multiple"):
         v = d.setdefault(key, 1.0)
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-            raise ModelConfigError(f"{src}: '{key}' must be a positive number, got {v!r}")
+        if not positive_number(v):
+            raise ModelConfigError(f"{at(key)}: '{key}' must be a positive number, got {v!r}")
     for key in ("backbone", "head"):
         if not isinstance(d[key], list):
-            raise ModelConfigError(f"{src}: '{key}' must be a list of [from, number, module, args] layers")
+            raise ModelConfigError(f"{at(key)}: '{key}' must be a list of [from, number, module, args] layers")
     anchors = d.get("anchors")
     if anchors is not None and not (
         (isinstance(anchors, int) and not isinstance(anchors, bool) and anchors > 0)
@@ -129,14 +137,18 @@ def check_top_level(d: dict[str, Any]) -> None:
             isinstance(anchors, list)
             and anchors
             and all(
-                isinstance(a, list) and a and len(a) % 2 == 0 and all(isinstance(v, (int, float)) for v in a)
-                for a in anchors
+                isinstance(a, list) and a and len(a) % 2 == 0 and all(positive_number(v) for v in a) for a in anchors
             )
         )
     ):
         raise ModelConfigError(
-            f"{src}: 'anchors' must be a count per level or a list of [w1, h1, w2, h2, ...] lists, got {anchors!r}"
+            f"{at('anchors')}: 'anchors' must be a count per level or [w1, h1, w2, h2, ...] lists of positive "
+            f"numbers, got {anchors!r}"
         )
+
+
+def positive_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,7 +216,7 @@ def parse_model(d: dict[str, Any], ch: int = 3) -> tuple[nn.Sequential, list[int
         )
         layer_type = MODULES[name]
         try:
-            built = layer_type.rule(layer_type.constructor, ctx)
+            built = layer_type.rule(checked(layer_type.constructor), ctx)
         except ModelConfigError:
             raise
         except (TypeError, ValueError, IndexError, KeyError, RuntimeError, OSError) as e:
