@@ -36,9 +36,8 @@ def main() -> None:
     for setting, r in rates["one_process"].items():
         print(f"  one process, {setting}: {r['median']:7.1f} images/s (min {r['min']:.1f}, max {r['max']:.1f})")
     for w, r in rates["loader"].items():
-        print(
-            f"  DataLoader, {w} worker(s), mosaic on: {r['median']:7.1f} images/s (min {r['min']:.1f}, max {r['max']:.1f})"
-        )
+        spread = f"(min {r['min']:.1f}, max {r['max']:.1f})"
+        print(f"  DataLoader, {w} worker(s), mosaic on: {r['median']:7.1f} images/s {spread}")
 
 
 if __name__ == "__main__":
