@@ -17,6 +17,7 @@ Shapes: B batch, C channels, H×W map, N = H·W tokens, s = C/5 (one channel seg
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -53,7 +54,7 @@ __all__ = [
 LOGGER = logging.getLogger("gmyolo")
 
 NUM_SEGMENTS = 5  # channels are cut into 5 segments: identity, 3 aggregators, non-attention branch
-SMALL_SEGMENT = 16  # below this segment width, pointwise convs run on q, k, v's channels together (measured)
+SMALL_SEGMENT = 16  # inference: below this segment width, pointwise convs run on q, k, v together (measured)
 AGGREGATORS = ("conv", "min", "avg", "max")
 
 
@@ -188,12 +189,23 @@ class ConvRelPosEnc(nn.Module):
         return kernels
 
     def forward(self, v: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """v: S×B×N×s, segment j holding heads j·h..(j+1)·h-1 (h = heads per segment) -> conv(v), same shape."""
-        kernels = self.segment_kernels(sum(self.windows.values()) // len(v))
-        out = [
-            to_tokens(F.conv2d(to_image(seg, size), w, b, 1, w.shape[-1] // 2, 1, w.shape[0]))
-            for seg, (w, b) in zip(v, kernels)
-        ]
+        """v: S×B×N×s, segment j holding heads j·h..(j+1)·h-1 (h = heads per segment) -> conv(v), same shape.
+
+        Each run of heads with the same kernel size in a segment is one depthwise conv (two runs in the
+        segment that holds heads 4 and 5), so the arithmetic is exactly the spec's.
+        """
+        d = self.head_dim
+        heads = [(w, b) for conv in self.conv_list for w, b in zip(conv.weight.split(d), conv.bias.split(d))]
+        per_segment = len(heads) // len(v)
+        out = []
+        for j, seg in enumerate(v):
+            parts = []
+            for k, run in itertools.groupby(heads[j * per_segment : (j + 1) * per_segment], lambda wb: wb[0].shape[-1]):
+                w, b = (torch.cat(t) for t in zip(*run))
+                c0 = sum(p.shape[-1] for p in parts)
+                x = to_image(seg[..., c0 : c0 + w.shape[0]], size)
+                parts.append(to_tokens(F.conv2d(x, w, b, 1, k // 2, 1, w.shape[0])))
+            out.append(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0])
         return torch.stack(out)
 
 
@@ -256,10 +268,7 @@ class Aggregator(nn.Module):
             return to_tokens(agg(x)).reshape(-1, s)  # pooling is per channel
         conv = agg.conv1
         x = to_tokens(F.conv2d(x, conv.weight.repeat(3, 1, 1, 1), None, 1, conv.padding, 1, 3 * s))
-        w = agg.pointwise_conv.weight.flatten(1)
-        if s < SMALL_SEGMENT:  # BLAS is slow on s×s products; q, k, v's at once (3s×3s, block-diagonal) is faster
-            return F.linear(x, torch.block_diag(w, w, w)).reshape(-1, s)
-        return F.linear(x.reshape(-1, s), w)
+        return F.linear(x.reshape(-1, s), agg.pointwise_conv.weight.flatten(1))
 
     def forward(self, segments: Sequence[torch.Tensor], size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """segments: S0..S4, each B×N×3s (q, k, v side by side).
@@ -279,6 +288,18 @@ class Aggregator(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # Group-Mix Attention and the GMA block
 # --------------------------------------------------------------------------------------------------
+def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """4×B×N×s (segment-major, ``heads`` heads per segment) -> (4·B·heads)×N×d, one head per batch entry."""
+    S, B, N, s = t.shape
+    return t.reshape(S, B, N, heads, s // heads).transpose(2, 3).reshape(S * B * heads, N, s // heads)
+
+
+def merge_heads(t: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The inverse of :func:`split_heads`: (4·B·heads)×N×d -> 4×B×N×s."""
+    S, B, N, s = shape
+    return t.reshape(S, B, -1, N, t.shape[-1]).transpose(2, 3).reshape(S, B, N, s)
+
+
 def block_diagonal_mask(num_blocks: int, block: int, value: float) -> torch.Tensor:
     """(num_blocks·block)² matrix: ``value`` on the diagonal blocks, 0 elsewhere."""
     return torch.block_diag(*[torch.full((block, block), value)] * num_blocks)
@@ -287,9 +308,8 @@ def block_diagonal_mask(num_blocks: int, block: int, value: float) -> torch.Tens
 class GroupMixAttention(nn.Module):
     """GMA over tokens B×N×C: group aggregation, factorised attention, CRPE, non-attention branch.
 
-    Heads never straddle segments (segment j of the a = 4s attention channels holds heads 2j, 2j+1), so
-    attention runs per segment on a 4B batch: the s×s context of a segment holds both heads' d×d
-    contexts on its diagonal, and a block mask zeroes the cross-head entries.
+    Heads never straddle segments (segment j of the a = 4s attention channels holds heads 2j and 2j+1),
+    so q, k and v stay in their segments' layout and attention runs on a 4·B·2 batch of heads.
     """
 
     def __init__(
@@ -309,11 +329,7 @@ class GroupMixAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.aggregator = Aggregator(dim, aggregator)
-        seg_dim = dim // NUM_SEGMENTS
-        self.crpe = ConvRelPosEnc(head_dim=4 * seg_dim // num_heads)
-        heads_per_segment = num_heads // 4
-        mask = block_diagonal_mask(heads_per_segment, seg_dim // heads_per_segment, self.scale)
-        self.register_buffer("head_mask", mask, persistent=False)
+        self.crpe = ConvRelPosEnc(head_dim=4 * (dim // NUM_SEGMENTS) // num_heads)
 
     def qkv_segments(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The qkv projection one segment at a time: S0..S4, each B×N×3s with q's, k's, v's copies side by side."""
@@ -329,12 +345,13 @@ class GroupMixAttention(nn.Module):
         B, N, C = x.shape
         qkv, local = self.aggregator(self.qkv_segments(x), size)  # 4×B×N×3×s, B×N×s
         q, k, v = qkv.unbind(3)  # 4×B×N×s each
+        h = self.num_heads // 4  # heads per segment
 
-        # Factorised attention: q · (softmax_N(k)ᵀ · v), scaled; the contexts are only d×d per head.
-        context = k.flatten(0, 1).softmax(dim=1).transpose(1, 2) @ v.flatten(0, 1)
-        context = self.attn_drop(context * self.head_mask)
-        crpe = q * self.crpe(v, size)
-        out = torch.baddbmm(crpe.flatten(0, 1), q.flatten(0, 1), context).view(4, B, N, -1)
+        # Factorised attention per head: q · (softmax_N(k)ᵀ · v); the contexts are only d×d.
+        qh, kh, vh = (split_heads(t, h) for t in (q, k, v))
+        context = self.attn_drop(kh.softmax(dim=1).transpose(1, 2) @ vh)
+        attn = merge_heads(qh @ context, q.shape)
+        out = torch.add(q * self.crpe(v, size), attn, alpha=self.scale)  # scale·attention + crpe
 
         # Head-major channels, then the non-attention tokens: B×N×C.
         out = torch.stack([*out.unbind(0), local], dim=2).view(B, N, C)
@@ -512,7 +529,11 @@ class FusedGMABlock(nn.Module):
             self.register_buffer("pw_blocks_bias", self.pw_bias.repeat(1, 3))
             self.register_buffer("local_pw", agg.agg0.conv.pointwise_conv.weight.flatten(1).clone())
             self.crpe_merged = depthwise_conv(*att.crpe.segment_kernels(att.num_heads)[0])
-        self.register_buffer("head_mask", att.head_mask.clone())
+        # Inference attention per segment: the s×s context holds both heads' d×d ones on its diagonal (the
+        # mask, with the scale, zeroes the cross-head entries): two larger products instead of copies per head.
+        heads = att.num_heads // 4
+        mask = block_diagonal_mask(heads, s // heads, att.scale).to(att.qkv.weight)
+        self.register_buffer("head_mask", mask)
         self.proj = att.proj
 
         self.fc1, self.fc2 = block.mlp.fc1, block.mlp.fc2

@@ -2,9 +2,8 @@
 
 MACs are counted with PyTorch's own ``torch.utils.flop_counter.FlopCounterMode`` on a real forward
 pass (FLOPs / 2). It counts convolutions and matrix products; norms and elementwise ops are not
-counted. For GroupMixFormer that is what our implementation runs, which does a little arithmetic on
-zeros to save memory traffic (each segment's s×s attention context holds two heads' d×d ones): its
-totals sit within 1% of the numbers counted on the authors' code in the spec.
+counted, which is why its totals sit 0.5–1.3% below the fvcore numbers in the GroupMixFormer paper.
+The unfused model is counted: its arithmetic is the spec's (the fused inference path pads some kernels).
 """
 
 from __future__ import annotations
