@@ -122,6 +122,10 @@ def export_onnx(
             )  # fmt: skip
     proto = onnx.load(str(file))
     onnx.checker.check_model(proto)
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    if batch_dim.HasField("dim_value"):  # torch.export specialises axes the model branches on
+        LOGGER.warning("the exporter fixed the batch at %d; the default exporter keeps it dynamic", batch_dim.dim_value)
+        metadata = {**metadata, "dynamic_batch": False}
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
     onnx.save(proto, str(file))
@@ -139,11 +143,11 @@ def export_torchscript(
     return Path(file)
 
 
-def check_inputs(example: torch.Tensor, stride: int, dynamic: bool) -> list[torch.Tensor]:
+def check_inputs(example: torch.Tensor, stride: int, dynamic: bool, dynamic_batch: bool = True) -> list[torch.Tensor]:
     """Inputs the export is compared on: the example, another batch size, and another image size if dynamic."""
     g = torch.Generator().manual_seed(0)
     b, _, h, w = example.shape
-    inputs = [example, torch.rand(b + 1, 3, h, w, generator=g)]
+    inputs = [example] + ([torch.rand(b + 1, 3, h, w, generator=g)] if dynamic_batch else [])
     if dynamic:
         inputs.append(torch.rand(1, 3, h + stride, max(w - stride, stride), generator=g))
     return inputs
@@ -189,7 +193,7 @@ def export(args: ExportArgs, model: DetectionModel | None = None) -> dict[str, A
             export_torchscript(net, tmp, example, metadata)
             exported = TorchScriptModel(tmp)
         t1 = time.perf_counter()
-        diff = max_difference(exported, net, check_inputs(example, stride, args.dynamic))
+        diff = max_difference(exported, net, check_inputs(example, stride, args.dynamic, exported.dynamic_batch))
         if not diff <= args.tolerance:  # also catches NaN
             raise ExportError(
                 f"the exported {args.format} model differs from PyTorch by {diff:.3g} (> {args.tolerance:g}); "
@@ -198,7 +202,7 @@ def export(args: ExportArgs, model: DetectionModel | None = None) -> dict[str, A
     size_mb = final.stat().st_size / 1e6
     LOGGER.info(
         "exported %s (%.1f MB, %s, input %s, %s batch%s) in %.1f s; max |%s - PyTorch| = %.2e on the decoded output",
-        final, size_mb, args.format, f"{args.batch}x3x{size}x{size}", "dynamic",
+        final, size_mb, args.format, f"{args.batch}x3x{size}x{size}", "dynamic" if exported.dynamic_batch else "fixed",
         " and image size" if args.dynamic else "", t1 - t0, args.format, diff,
     )  # fmt: skip
     return {"file": str(final), "format": args.format, "max_abs_diff": diff, "seconds": t1 - t0, "imgsz": size}
