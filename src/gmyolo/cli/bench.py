@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from ..engine.bench import MODES, BenchArgs, format_report, run_bench
+from .common import args_as
 
 
 def add_bench_parser(commands: argparse._SubParsersAction) -> None:
@@ -54,7 +55,6 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> dict[str, Any]:
-    fields = {k: getattr(args, k) for k in BenchArgs.__dataclass_fields__}
-    report = run_bench(BenchArgs(**fields))
+    report = run_bench(args_as(BenchArgs, args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return report

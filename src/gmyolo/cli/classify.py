@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from typing import Any
 
 from ..engine.classify import (
     ClassifyPredictArgs,
@@ -14,6 +12,7 @@ from ..engine.classify import (
     classify_train,
     classify_val,
 )
+from .common import args_as
 
 __all__ = ["add_classify_parser"]
 
@@ -134,7 +133,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
     p.add_argument("--no-plots", dest="plots", action="store_false")
-    p.set_defaults(run=lambda args: classify_train(ClassifyTrainArgs(**fields_of(ClassifyTrainArgs, args))))
+    p.set_defaults(run=lambda args: classify_train(args_as(ClassifyTrainArgs, args)))
 
 
 def add_val(sub: argparse._SubParsersAction) -> None:
@@ -157,7 +156,7 @@ def add_val(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=d.name, help="(default %(default)s)")
     p.add_argument("--exist-ok", action="store_true")
     p.add_argument("--no-plots", dest="plots", action="store_false")
-    p.set_defaults(run=lambda args: classify_val(ClassifyValArgs(**fields_of(ClassifyValArgs, args))))
+    p.set_defaults(run=lambda args: classify_val(args_as(ClassifyValArgs, args)))
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -175,9 +174,6 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=d.device, help="'' (auto: first GPU, else CPU), cpu, 0, cuda:0")
     p.add_argument("--workers", type=int, default=d.workers, help="(default %(default)s)")
     p.add_argument("--save", default=None, metavar="FILE", help="also write the predictions to FILE.csv or FILE.json")
-    p.set_defaults(run=lambda args: classify_predict(ClassifyPredictArgs(**fields_of(ClassifyPredictArgs, args))))
+    p.set_defaults(run=lambda args: classify_predict(args_as(ClassifyPredictArgs, args)))
 
 
-def fields_of(cls: type, args: argparse.Namespace) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in names}

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 
 from ..engine.exporter import DEFAULT_OPSET, ExportArgs, export
 from ..engine.predictor import PredictArgs, predict
+from .common import args_as
 
 LOGGER = logging.getLogger("gmyolo")
-
-
-def dataclass_values(cls, args: argparse.Namespace) -> dict:
-    fields = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in vars(args).items() if k in fields}
 
 
 def add_predict_parser(commands: argparse._SubParsersAction) -> None:
@@ -45,7 +40,7 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
 
 def run_predict(args: argparse.Namespace) -> int:
     n = 0
-    for _ in predict(PredictArgs(**dataclass_values(PredictArgs, args)), keep_images=False):
+    for _ in predict(args_as(PredictArgs, args), keep_images=False):
         n += 1
     return n
 
@@ -66,6 +61,6 @@ def add_export_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> dict:
-    result = export(ExportArgs(**dataclass_values(ExportArgs, args)))
+    result = export(args_as(ExportArgs, args))
     print(result["file"])
     return result

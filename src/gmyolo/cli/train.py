@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from ..engine.hyp import hyp_names, load_hyp
 from ..engine.trainer import TrainArgs, train
 from ..engine.val import ValArgs, run_val
+from .common import args_as
 
 
 def parse_hyp(items: list[str]) -> dict[str, float]:
@@ -85,10 +85,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> dict:
-    fields = {f.name for f in dataclasses.fields(TrainArgs)}
-    values = {k: v for k, v in vars(args).items() if k in fields}
-    values["hyp"] = parse_hyp(args.hyp)
-    return train(TrainArgs(**values))
+    return train(args_as(TrainArgs, args, hyp=parse_hyp(args.hyp)))
 
 
 def add_val_parser(commands: argparse._SubParsersAction) -> None:
@@ -114,5 +111,4 @@ def add_val_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_val_cli(args: argparse.Namespace) -> dict:
-    fields = {f.name for f in dataclasses.fields(ValArgs)}
-    return run_val(ValArgs(**{k: v for k, v in vars(args).items() if k in fields}))
+    return run_val(args_as(ValArgs, args))
