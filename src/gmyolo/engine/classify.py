@@ -60,7 +60,7 @@ from ..models.groupmixformer import (
 from ..utils.files import atomic_open, atomic_write
 from .checkpoint import atomic_save
 from .device import select_device
-from .plots import _pyplot, plot_results
+from .plots import draw_confusion, plot_results
 from .trainer import TrainingDiverged, find_last_checkpoint, increment_path, make_ema
 
 __all__ = [
@@ -389,28 +389,8 @@ def format_table(metrics: ClassifyMetrics, max_rows: int = 50) -> str:
 
 def plot_classify_confusion(metrics: ClassifyMetrics, save_dir: str | os.PathLike) -> Path:
     """confusion_matrix.png: columns are true classes, normalised to sum to 1; counts in the title."""
-    plt = _pyplot()
-    m = metrics.confusion.astype(float)
-    m = m / np.maximum(m.sum(0, keepdims=True), 1)
-    m[m < 0.005] = np.nan
-    names, n = metrics.names, len(metrics.names)
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * n + 3), max(5, 0.45 * n + 2)), tight_layout=True)
-    im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    if n <= 30:
-        ax.set_xticks(range(n), names, rotation=90)
-        ax.set_yticks(range(n), names)
-        for i in range(n):
-            for j in range(n):
-                if not np.isnan(m[i, j]):
-                    colour = "white" if m[i, j] > 0.5 else "black"
-                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
     title = f"Confusion matrix ({int(metrics.confusion.sum())} images, top-1 {metrics.top1:.3f})"
-    ax.set(xlabel="True", ylabel="Predicted", title=title)
-    out = Path(save_dir) / "confusion_matrix.png"
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return draw_confusion(metrics.confusion, metrics.names, title, Path(save_dir) / "confusion_matrix.png")
 
 
 # --------------------------------------------------------------------------------------------------

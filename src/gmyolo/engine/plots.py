@@ -97,11 +97,16 @@ def plot_metric_curves(metrics: DetectionMetrics, names: Sequence[str], save_dir
 
 def plot_confusion_matrix(cm: ConfusionMatrix, names: Sequence[str], save_dir: str | Path) -> Path:
     """Column-normalised confusion matrix (each true class sums to 1), background as the last row/column."""
+    title = "Confusion matrix (normalised per true class)"
+    return draw_confusion(cm.matrix, [*names, "background"], title, Path(save_dir) / "confusion_matrix.png")
+
+
+def draw_confusion(counts: np.ndarray, labels: Sequence[str], title: str, out: Path) -> Path:
+    """Save an n×n count matrix (rows predicted, columns true) normalised per column; values under 0.005 blank."""
     plt = _pyplot()
-    m = cm.matrix.astype(float)
-    m = m / (m.sum(0, keepdims=True) + 1e-9)
+    m = counts.astype(float)
+    m = m / np.maximum(m.sum(0, keepdims=True), 1e-9)
     m[m < 0.005] = np.nan
-    labels = [*names, "background"]
     n = len(labels)
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * n + 3), max(5, 0.45 * n + 2)), tight_layout=True)
     im = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
@@ -112,17 +117,9 @@ def plot_confusion_matrix(cm: ConfusionMatrix, names: Sequence[str], save_dir: s
         for i in range(n):
             for j in range(n):
                 if not np.isnan(m[i, j]):
-                    ax.text(
-                        j,
-                        i,
-                        f"{m[i, j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=7,
-                        color="white" if m[i, j] > 0.5 else "black",
-                    )
-    ax.set(xlabel="True", ylabel="Predicted", title="Confusion matrix (normalised per true class)")
-    out = Path(save_dir) / "confusion_matrix.png"
+                    colour = "white" if m[i, j] > 0.5 else "black"
+                    ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7, color=colour)
+    ax.set(xlabel="True", ylabel="Predicted", title=title)
     fig.savefig(out, dpi=150)
     plt.close(fig)
     return out
