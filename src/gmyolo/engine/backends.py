@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -132,7 +133,9 @@ class TorchScriptModel(Backend):
         device = torch.device(device)
         extra = {f"{METADATA_KEY}.json": ""}
         try:
-            self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; the format still loads
+                self.module = torch.jit.load(str(path), map_location=device, _extra_files=extra).eval()
         except (RuntimeError, ValueError) as e:
             raise CheckpointError(f"{path}: not a valid TorchScript model ({str(e).splitlines()[0][:200]})") from None
         raw = extra[f"{METADATA_KEY}.json"]

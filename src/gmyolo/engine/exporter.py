@@ -138,6 +138,7 @@ def export_torchscript(
     """Trace ``model`` (export mode) and save it with the metadata as an extra file."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace is deprecated but still what TorchScript needs
         traced = torch.jit.trace(model, example, strict=False, check_trace=False)
     traced.save(str(file), _extra_files={f"{METADATA_KEY}.json": json.dumps(metadata)})
     return Path(file)
