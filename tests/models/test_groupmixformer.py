@@ -222,6 +222,16 @@ def test_fused_equals_eager(aggregator, size):
         torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=0)
 
 
+def test_fused_tail_in_chunks_equals_eager(monkeypatch):
+    # 60x58 stage-0 tokens over chunks of 100 rows: chunk edges inside and a short last chunk.
+    monkeypatch.setattr(FusedGMABlock, "TAIL_ROWS", 100)
+    model = randomize_norms(GroupMixFormer(**SMALL)).eval()
+    fused = copy.deepcopy(model).fuse()
+    x = torch.randn(2, 3, 240, 232)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-4, rtol=0)
+
+
 def test_fused_equals_golden_after_loading_authors_weights(golden):
     model = golden_model(golden).fuse()
     with torch.no_grad():

@@ -175,5 +175,3 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=d.workers, help="(default %(default)s)")
     p.add_argument("--save", default=None, metavar="FILE", help="also write the predictions to FILE.csv or FILE.json")
     p.set_defaults(run=lambda args: classify_predict(args_as(ClassifyPredictArgs, args)))
-
-

@@ -469,9 +469,11 @@ class FusedGMABlock(nn.Module):
     arithmetic, so the same work runs in fewer, larger ops: one qkv product, one depthwise conv for every
     segment (kernels zero-padded to the largest, S0 an identity kernel), one CRPE conv. Larger inputs use
     the exact kernel sizes, which do less arithmetic. Pooling aggregators always take the per-segment path.
+    On CPU, the output projection and the MLP run ``TAIL_ROWS`` tokens at a time (see :meth:`residual_tail`).
     """
 
     MERGE_SIZE = 2**17  # batch × tokens × channels; measured on CPU: merged is faster below, per-segment above
+    TAIL_ROWS = 1024  # tokens per chunk of proj + MLP: the 4C-wide hidden stays in cache and is never allocated whole
 
     @torch.no_grad()
     def __init__(self, block: GMABlock):
@@ -554,8 +556,29 @@ class FusedGMABlock(nn.Module):
         conv_v = self.crpe_merged_conv(v, size) if merged else self.crpe_conv(v, size)
         out = torch.baddbmm((q * conv_v).flatten(0, 1), q.flatten(0, 1), context * self.head_mask)
         out = torch.stack([*out.view(4, B, N, s).unbind(0), local], dim=2).view(B, N, C)  # head-major, then S4
+        # Compilers fuse these ops themselves, a GPU wants few large kernels, and out= has no gradient.
+        if x.device.type == "cpu" and not (exporting or torch.compiler.is_compiling() or x.requires_grad):
+            return self.residual_tail(x, out)
         x = x + self.proj(out)
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
+
+    def residual_tail(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """x + proj(attn), then + MLP(LN2(·)), ``TAIL_ROWS`` tokens at a time.
+
+        Every step is per token, so chunks give the same numbers. On CPU this is the block's largest
+        memory traffic: whole, the B×N×4C hidden is written and read twice and freshly allocated
+        (page faults on every call at detection sizes); in chunks it stays in cache.
+        """
+        B, N, C = x.shape
+        rows, attn = x.reshape(-1, C), attn.reshape(-1, C)
+        out = torch.empty_like(rows)
+        for i in range(0, rows.shape[0], self.TAIL_ROWS):
+            y = out[i : i + self.TAIL_ROWS]
+            torch.addmm(rows[i : i + self.TAIL_ROWS], attn[i : i + self.TAIL_ROWS], self.proj.weight.t(), out=y)
+            y += self.proj.bias
+            hidden = F.linear(self.norm2(y), self.fc1.weight, self.fc1.bias)
+            y.addmm_(torch.ops.aten.gelu_(hidden), self.fc2.weight.t()).add_(self.fc2.bias)
+        return out.view(B, N, C)
 
     def aggregate(self, h: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per segment: S0 (BatchNorm already in its rows), S1..S3 (spatial + pointwise), Hardswish; S4."""
