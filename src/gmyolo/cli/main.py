@@ -8,7 +8,6 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..engine.device import tune_cpu_allocator
 from ..engine.distributed import LaunchError
 from ..engine.exporter import ExportError
 from ..engine.faults import BatchTooLarge
@@ -49,7 +48,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
-    tune_cpu_allocator()  # a whole-process setting: the command line owns its process, the Python API does not
     try:
         args.run(args)
     except KeyboardInterrupt as e:  # the message, if any, says how to resume

@@ -39,7 +39,7 @@ from ..models.groupmixformer import GroupMixFormer, groupmixformer, is_variant_n
 from ..models.groupmixformer_literal import literal_forward_features
 from ..models.summary import count_macs, count_parameters
 from ..models.yolo import DetectionModel
-from .device import cpu_allocator_tuned, select_device
+from .device import select_device
 from .hyp import resolve_hyp
 from .loss import ComputeLoss, scale_loss_gains
 from .trainer import build_optimizer
@@ -454,7 +454,6 @@ class Environment:
     threads: int
     torch: str
     onnxruntime: str | None = None
-    allocator: str = "default"  # "glibc-tuned" when tune_cpu_allocator() is in effect
 
 
 def environment(device: torch.device) -> Environment:
@@ -474,12 +473,7 @@ def environment(device: torch.device) -> Environment:
     except ImportError:
         ort_version = None
     return Environment(
-        str(device),
-        f"{name} ({os.cpu_count()} logical CPUs)",
-        torch.get_num_threads(),
-        torch.__version__,
-        ort_version,
-        "glibc-tuned" if cpu_allocator_tuned() else "default",
+        str(device), f"{name} ({os.cpu_count()} logical CPUs)", torch.get_num_threads(), torch.__version__, ort_version
     )
 
 
@@ -525,8 +519,7 @@ def format_report(r: dict[str, Any]) -> str:
         f"{r['model']} ({r['kind']}): {r['params']:,} parameters, {r['macs'] / 1e9:.2f} GMACs at "
         f"{inf['imgsz'][0]}x{inf['imgsz'][1]}",
         f"{env['device']} {env['device_name']}, {env['threads']} thread(s), torch {env['torch']}, "
-        f"onnxruntime {env['onnxruntime']}, {env.get('allocator', 'default')} malloc; medians of {r['repeats']} runs "
-        f"after {r['warmup']} warm-up, "
+        f"onnxruntime {env['onnxruntime']}; medians of {r['repeats']} runs after {r['warmup']} warm-up, "
         "modes interleaved",
         "",
         f"{'mode':<14}{'batch':>6}{'median ms':>11}{'min..max ms':>19}{'img/s':>9}{'vs eager':>10}{'vs literal':>11}"

@@ -1,47 +1,10 @@
-"""Choosing the device from a user string: '', 'cpu', '0', 'cuda:0', '0,1,2,3' (training on several GPUs), 'mps';
-and the CPU memory allocator setting the ``gmyolo`` command runs with."""
+"""Choosing the device from a user string: '', 'cpu', '0', 'cuda:0', '0,1,2,3' (training on several GPUs), 'mps'."""
 
 from __future__ import annotations
 
-import ctypes
-import os
-import sys
-
 import torch
 
-__all__ = ["select_device", "parse_gpus", "tune_cpu_allocator", "cpu_allocator_tuned", "ALLOCATOR_ENV"]
-
-ALLOCATOR_ENV = "GMYOLO_MALLOC_TUNING"  # "0" leaves the C allocator as it is
-_allocator_tuned = False
-
-
-def tune_cpu_allocator() -> bool:
-    """Let glibc's malloc keep freed memory for reuse instead of handing it back to the kernel.
-
-    By default glibc gives large freed blocks (above a few MB) back to the kernel and maps fresh pages
-    for the next one, so a CPU forward pass at detection sizes page-faults through every large activation
-    on every call (measured here: 20-30% of a GroupMixFormer-M forward at 640; see the README's speed
-    section). This is what PyTorch's tuning guide gets from jemalloc or tcmalloc. The price: the
-    process keeps its peak heap instead of shrinking after it. The ``gmyolo`` command calls this at
-    start; set ``GMYOLO_MALLOC_TUNING=0`` to turn it off. Returns whether the setting is in effect
-    (False off Linux/glibc, e.g. on macOS, Windows or musl).
-    """
-    global _allocator_tuned
-    if os.environ.get(ALLOCATOR_ENV, "1").strip() == "0" or not sys.platform.startswith("linux"):
-        return _allocator_tuned
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):  # not glibc
-        return _allocator_tuned
-    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
-    # Blocks up to 32 MiB (glibc's maximum) come from the heap; the heap top is never trimmed.
-    _allocator_tuned = bool(mallopt(m_mmap_threshold, 32 << 20)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
-    return _allocator_tuned
-
-
-def cpu_allocator_tuned() -> bool:
-    """Whether :func:`tune_cpu_allocator` has taken effect in this process."""
-    return _allocator_tuned
+__all__ = ["select_device", "parse_gpus"]
 
 
 def parse_gpus(device: str | int | None) -> list[int]:
