@@ -556,14 +556,15 @@ class FusedGMABlock(nn.Module):
         conv_v = self.crpe_merged_conv(v, size) if merged else self.crpe_conv(v, size)
         out = torch.baddbmm((q * conv_v).flatten(0, 1), q.flatten(0, 1), context * self.head_mask)
         out = torch.stack([*out.view(4, B, N, s).unbind(0), local], dim=2).view(B, N, C)  # head-major, then S4
-        # Compilers fuse these ops themselves, a GPU wants few large kernels, and out= has no gradient.
         if x.device.type == "cpu" and not (exporting or torch.compiler.is_compiling() or x.requires_grad):
-            return self.residual_tail(x, out)
+            if not cpu_autocast_enabled():  # out= buffers and autocast's dtype changes do not mix
+                return self.residual_tail(x, out)
         x = x + self.proj(out)
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
     def residual_tail(self, x: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
-        """x + proj(attn), then + MLP(LN2(·)), ``TAIL_ROWS`` tokens at a time.
+        """x + proj(attn), then + MLP(LN2(·)), ``TAIL_ROWS`` tokens at a time (CPU inference only: compilers
+        fuse these ops themselves, a GPU wants few large kernels, and out= has no gradient).
 
         Every step is per token, so chunks give the same numbers. On CPU this is the block's largest
         memory traffic: whole, the B×N×4C hidden is written and read twice and freshly allocated
@@ -617,6 +618,13 @@ class FusedGMABlock(nn.Module):
         _, B, N, s = v.shape
         conv_v = self.crpe_merged(to_image(v.permute(1, 2, 0, 3).reshape(B, N, 4 * s), size))
         return to_tokens(conv_v).view(B, N, 4, s).permute(2, 0, 1, 3)
+
+
+def cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 takes no device type
+        return torch.is_autocast_cpu_enabled()
 
 
 def pad_kernel(weight: torch.Tensor, k: int) -> torch.Tensor:
