@@ -171,15 +171,18 @@ class ConvRelPosEnc(nn.Module):
             nn.Conv2d(chs, chs, k, 1, k // 2, groups=chs) for k, chs in zip(self.windows, self.splits)
         )
 
+    def head_kernels(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(depthwise kernel d×1×k×k, bias d) of each of the 8 heads, in head order."""
+        d = self.head_dim
+        return [(w, b) for conv in self.conv_list for w, b in zip(conv.weight.split(d), conv.bias.split(d))]
+
     def segment_kernels(self, heads_per_segment: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Depthwise kernel and bias for each group of ``heads_per_segment`` heads.
 
         A group whose heads have different kernel sizes (head 4 has 5×5, head 5 has 7×7) gets the largest
         size, smaller kernels zero-padded around their centre: the same convolution.
         """
-        heads = []
-        for conv in self.conv_list:
-            heads += zip(conv.weight.split(self.head_dim), conv.bias.split(self.head_dim))
+        heads = self.head_kernels()
         kernels = []
         for i in range(0, len(heads), heads_per_segment):
             group = heads[i : i + heads_per_segment]
@@ -194,8 +197,7 @@ class ConvRelPosEnc(nn.Module):
         Each run of heads with the same kernel size in a segment is one depthwise conv (two runs in the
         segment that holds heads 4 and 5), so the arithmetic is exactly the spec's.
         """
-        d = self.head_dim
-        heads = [(w, b) for conv in self.conv_list for w, b in zip(conv.weight.split(d), conv.bias.split(d))]
+        heads = self.head_kernels()
         per_segment = len(heads) // len(v)
         out = []
         for j, seg in enumerate(v):
@@ -556,9 +558,10 @@ class FusedGMABlock(nn.Module):
         conv_v = self.crpe_merged_conv(v, size) if merged else self.crpe_conv(v, size)
         out = torch.baddbmm((q * conv_v).flatten(0, 1), q.flatten(0, 1), context * self.head_mask)
         out = torch.stack([*out.view(4, B, N, s).unbind(0), local], dim=2).view(B, N, C)  # head-major, then S4
-        if x.device.type == "cpu" and not (exporting or torch.compiler.is_compiling() or x.requires_grad):
-            if not cpu_autocast_enabled():  # out= buffers and autocast's dtype changes do not mix
-                return self.residual_tail(x, out)
+        # out= buffers have no gradient and do not mix with autocast's dtype changes.
+        compiled = exporting or torch.compiler.is_compiling()
+        if x.device.type == "cpu" and not (compiled or x.requires_grad or cpu_autocast_enabled()):
+            return self.residual_tail(x, out)
         x = x + self.proj(out)
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
 
