@@ -297,14 +297,41 @@ def test_missing_inputs(tmp_path, coco):
         convert_coco(ann, tmp_path / "no_images", tmp_path / "out")
 
 
-def test_category_order_matches_pycocotools(coco):
+def test_category_order_matches_pycocotools(tmp_path):
     coco_api = pytest.importorskip("pycocotools.coco")
-    ann, _ = coco
+    # Gapped ids listed out of order, names in neither id nor alphabetical order: only ascending id fits.
+    categories = [(90, "toothbrush"), (5, "airplane"), (42, "surfboard"), (17, "cat"), (1, "person")]
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    assert cv2.imwrite(str(img_dir / "x.jpg"), np.zeros((100, 200, 3), np.uint8))
+    boxes = {cat: [10 + 36 * k, 20, 20, 40] for k, (cat, _) in enumerate(categories)}  # one box per class, own x
+    ann = tmp_path / "instances_val.json"
+    ann.write_text(
+        json.dumps(
+            coco_dict(
+                images=[(1, "x.jpg", 200, 100)],
+                annotations=[(1, cat, box, 0) for cat, box in boxes.items()],
+                categories=[{"id": i, "name": n} for i, n in categories],
+            )
+        )
+    )
+    out = tmp_path / "out"
+    data = yaml.safe_load(convert_coco(ann, img_dir, out).read_text())
+
     api = coco_api.COCO(str(ann))
-    ids = sorted(api.getCatIds())
-    assert [c["name"] for c in api.loadCats(ids)] == NAMES
-    # pycocotools counts the same non-crowd annotations of image 10 (the 3-number bbox included, which we skip).
-    assert len(api.getAnnIds(imgIds=[10], iscrowd=False)) == 3
+    assert api.getCatIds() == [90, 5, 42, 17, 1]  # pycocotools keeps the JSON's order ...
+    ids = sorted(api.getCatIds())  # ... and COCO class indices (and val --save-json) follow ascending id
+    assert data["nc"] == len(ids)
+    assert data["names"] == [c["name"] for c in api.loadCats(ids)]
+    assert data["names"] == ["person", "airplane", "cat", "surfboard", "toothbrush"]
+    # Every box carries the class index of its category id in that order.
+    lines = [line.split() for line in (out / "labels" / "val" / "x.txt").read_text().splitlines()]
+    by_centre_x = {round(float(cx) * 200, 3): int(cls) for cls, cx, *_ in lines}
+    coco_anns = api.loadAnns(api.getAnnIds(imgIds=[1]))
+    assert len(lines) == len(coco_anns) == len(categories)
+    for a in coco_anns:
+        x, _, w, _ = a["bbox"]
+        assert ids[by_centre_x[round(x + w / 2, 3)]] == a["category_id"], a
 
 
 def test_cli_wrapper(coco, tmp_path, capsys):

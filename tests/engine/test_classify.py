@@ -204,6 +204,42 @@ def test_recipe_with_mixup_ema_and_unreadable_images_resumes_exactly(shapes, tmp
         classify_train(ClassifyTrainArgs(resume=resumed["last"], progress=False))
 
 
+def test_resume_after_a_kill_between_the_csv_row_and_the_checkpoint_writes_each_epoch_once(
+    shapes, tmp_path, monkeypatch
+):
+    # Regression: resuming kept the results.csv row of an epoch that last.pt does not hold, then wrote it again.
+    real_evaluate, calls = classify_module.evaluate, {"n": 0}
+
+    def interrupt_in_epoch_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_evaluate(*a, **k)
+
+    monkeypatch.setattr(classify_module, "evaluate", interrupt_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        classify_train(ClassifyTrainArgs(data=str(shapes), epochs=2, project=str(tmp_path), plots=False, **FAST))
+    monkeypatch.setattr(classify_module, "evaluate", real_evaluate)
+    run = tmp_path / "exp"
+    last = run / "weights/last.pt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # epoch 1 finished
+    # What a run killed after writing epoch 2's row, before its checkpoint landed, leaves behind.
+    with open(run / "results.csv", newline="") as f:
+        header, row1 = list(csv.reader(f))
+    stale = ["2", *(["-1"] * (len(header) - 1))]
+    with open(run / "results.csv", "a", newline="") as f:
+        csv.writer(f).writerow(stale)
+    assert [r["epoch"] for r in read_csv(run / "results.csv")] == ["1", "2"]
+
+    resumed = classify_train(ClassifyTrainArgs(resume=str(last), workers=0, progress=False))
+    assert resumed["save_dir"] == str(run) and resumed["epochs_trained"] == 2
+    rows = read_csv(run / "results.csv")
+    assert [r["epoch"] for r in rows] == ["1", "2"]  # each epoch exactly once
+    assert list(rows[0].values()) == row1  # the finished epoch's row is kept as it was
+    assert rows[1]["train/loss"] != "-1"  # epoch 2's row is the resumed run's, not the killed run's
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+
+
 def test_finetuning_from_the_authors_checkpoint_replaces_the_head(tmp_path):
     imagenet = groupmixformer("pico", num_classes=1000)
     torch.save({"model": imagenet.state_dict()}, tmp_path / "authors.pth")  # the authors' release format

@@ -17,6 +17,24 @@ SPEC_PARAMS = {"m": 5_733_120, "t": 10_949_152, "s": 22_421_320, "b": 45_827_272
 SPEC_MACS = {"m": 1.350e9, "t": 3.720e9, "s": 5.164e9, "b": 17.55e9, "l": 38.25e9}
 
 
+# The README's claim: outputs match the authors' code to ~1e-7. Measured max abs differences (float32, CPU, 1 and 2
+# threads, AVX2 and ATEN_CPU_CAPABILITY=default): eval stage maps 1.5e-7 .. 3.0e-7, eval logits 1.5e-8 .. 3.0e-8,
+# train logits 1.2e-7 .. 1.9e-7, features-mode maps 1.5e-7 .. 2.4e-7, fused maps 1.8e-7 .. 3.0e-7, fused logits
+# 2.2e-8; the input gradient 1.1e-10 .. 1.7e-10 (3e-6 .. 5e-6 of its own max, 3.5e-5). The bounds leave a few
+# times that for other CPUs; the old 1e-4 let through errors 1000x the claimed 1e-7.
+GOLDEN_ATOL = 1e-6
+GOLDEN_GRAD_RTOL = 3e-5  # input gradient, relative to its largest magnitude
+
+
+def assert_golden(ours: torch.Tensor, theirs: torch.Tensor, what: str, atol: float = GOLDEN_ATOL) -> float:
+    """Max abs difference to the authors' output (printed: ``pytest -s`` shows the measured values)."""
+    assert ours.shape == theirs.shape, what
+    diff = (ours.detach() - theirs).abs().max().item()
+    print(f"golden {what}: max abs diff {diff:.2e} (bound {atol:.0e})")
+    assert diff <= atol, f"{what}: max abs diff {diff:.3e} > {atol:.0e}"
+    return diff
+
+
 @pytest.fixture(scope="module")
 def golden(reference_dir):
     return torch.load(reference_dir / "groupmixformer_golden_small.pt", weights_only=True)
@@ -41,22 +59,20 @@ def test_golden_eval_features_and_logits(golden):
         maps = model.forward_features(golden["input"])
         logits = model(golden["input"])
     assert len(maps) == len(golden["eval_features"]) == 4
-    for ours, theirs in zip(maps, golden["eval_features"]):
-        assert ours.shape == theirs.shape
-        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
-    torch.testing.assert_close(logits, golden["eval_logits"], atol=1e-4, rtol=0)
+    for i, (ours, theirs) in enumerate(zip(maps, golden["eval_features"])):
+        assert_golden(ours, theirs, f"eval stage {i}")
+    assert_golden(logits, golden["eval_logits"], "eval logits")
 
 
 def test_golden_train_logits_and_input_gradient(golden):
     model = golden_model(golden).train()
     x = golden["input"].clone().requires_grad_(True)
     logits = model(x)
-    torch.testing.assert_close(logits, golden["train_logits"], atol=1e-4, rtol=0)
+    assert_golden(logits, golden["train_logits"], "train logits")
     (logits**2).mean().backward()
-    torch.testing.assert_close(x.grad, golden["train_input_grad"], atol=1e-4, rtol=1e-3)
-    # The gradient is small in absolute terms: check it relative to its own scale too.
-    scale = golden["train_input_grad"].abs().max()
-    assert (x.grad - golden["train_input_grad"]).abs().max() <= 1e-4 * scale
+    # The gradient is small in absolute terms (max 3.5e-5): bound it relative to its own scale.
+    scale = golden["train_input_grad"].abs().max().item()
+    assert_golden(x.grad, golden["train_input_grad"], "train input gradient", atol=GOLDEN_GRAD_RTOL * scale)
 
 
 def test_golden_features_mode_matches(golden):
@@ -65,7 +81,7 @@ def test_golden_features_mode_matches(golden):
         maps = model(golden["input"])
     assert [m.shape[1] for m in maps] == model.out_channels == [golden["eval_features"][i].shape[1] for i in (1, 3)]
     for ours, i in zip(maps, (1, 3)):
-        torch.testing.assert_close(ours, golden["eval_features"][i], atol=1e-4, rtol=0)
+        assert_golden(ours, golden["eval_features"][i], f"features-mode stage {i}")
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
@@ -239,9 +255,9 @@ def test_fused_equals_golden_after_loading_authors_weights(golden):
     with torch.no_grad():
         maps = model.forward_features(golden["input"])
         logits = model(golden["input"])
-    for ours, theirs in zip(maps, golden["eval_features"]):
-        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
-    torch.testing.assert_close(logits, golden["eval_logits"], atol=1e-4, rtol=0)
+    for i, (ours, theirs) in enumerate(zip(maps, golden["eval_features"])):
+        assert_golden(ours, theirs, f"fused stage {i}")
+    assert_golden(logits, golden["eval_logits"], "fused logits")
 
 
 def test_literal_reference_equals_model():

@@ -13,6 +13,11 @@ from gmyolo.models.groupmixformer import GroupMixFormer, groupmixformer
 from gmyolo.models.registry import MODULES, register_module
 from gmyolo.models.yolo import BackboneOutput, DetectionModel, ModelConfigError, packaged_models
 
+# sum(p.numel()) of YOLOv5's own models at nc=80, counted on its code (only the numbers are used here):
+#   python -m venv /tmp/yolov5venv  (+ a .pth with /work/main/.venv's site-packages, for torch)
+#   pip install --no-deps yolov5==7.0.14 ultralytics==8.0.238 && pip install pandas requests seaborn psutil
+#   root = Path(yolov5.__file__).parent / "models"   (P6 configs: root / "hub")
+#   sum(p.numel() for p in yolov5.models.yolo.DetectionModel(str(root / f"{name}.yaml"), ch=3, nc=80).parameters())
 YOLOV5_PARAMS = {
     "yolov5n": 1_872_157,
     "yolov5s": 7_235_389,
@@ -21,6 +26,9 @@ YOLOV5_PARAMS = {
     "yolov5x": 86_749_405,
     "yolov5n6": 3_246_940,
     "yolov5s6": 12_626_620,
+    "yolov5m6": 35_731_932,
+    "yolov5l6": 76_770_172,
+    "yolov5x6": 140_794_780,
 }
 ANCHORS = [[10, 13, 16, 30, 33, 23], [30, 61, 62, 45, 59, 119], [116, 90, 156, 198, 373, 326]]
 
@@ -40,7 +48,14 @@ def randomize_batchnorm(model: nn.Module) -> None:
 
 @pytest.mark.parametrize("name", list(YOLOV5_PARAMS))
 def test_yolov5_parameter_parity(name):
-    assert n_params(DetectionModel(name)) == YOLOV5_PARAMS[name]
+    model = DetectionModel(name)
+    assert model.nc == 80
+    assert n_params(model) == YOLOV5_PARAMS[name]
+
+
+def test_parity_table_covers_every_shipped_yolov5_config():
+    shipped = {n for n in packaged_models() if n.startswith("yolov5") and "-" not in n}  # not the -gmf- hybrids
+    assert shipped == set(YOLOV5_PARAMS)
 
 
 def test_yolov5s_layer_order_and_state_dict_names():

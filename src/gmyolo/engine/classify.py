@@ -60,6 +60,7 @@ from ..models.groupmixformer import (
 from ..utils.files import atomic_open, atomic_write
 from .checkpoint import atomic_save
 from .device import select_device
+from .faults import tidy_interrupted_run
 from .plots import draw_confusion, plot_results
 from .trainer import TrainingDiverged, find_last_checkpoint, increment_path, make_ema
 
@@ -544,6 +545,8 @@ def classify_train(args: ClassifyTrainArgs) -> dict[str, Any]:
     use_amp = args.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     csv_file = save_dir / "results.csv"
+    if ckpt is not None:  # rows of epochs last.pt does not hold (killed between the row and the checkpoint)
+        tidy_interrupted_run(save_dir, start_epoch)
     data_dir = str(Path(args.data).resolve())
     LOGGER.info(
         "training %s on %s: %d classes, %d train / %d val images at %d px, batch %d, lr %.3g, %d epochs, device %s;"

@@ -274,7 +274,6 @@ def run_training(args: TrainArgs, interrupt: GracefulInterrupt) -> dict[str, Any
                 raise ValueError(f"--backbone-weights: model {args.model} has no GroupMixFormer backbone")
             for b in backbones(model):
                 b.load_pretrained(args.backbone_weights)
-                b.pretrained_loaded = True
     model.names = dict(enumerate(data.names))
     freeze_layers(model, args.freeze, args.freeze_stages)
     model.to(device)

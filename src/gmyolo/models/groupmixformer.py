@@ -873,8 +873,14 @@ class GroupMixFormer(nn.Module):
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def load_pretrained(self, checkpoint: str | os.PathLike | Mapping[str, Any], strict: bool = True) -> LoadReport:
-        """Load an authors'-format checkpoint (a path or a dict); see :func:`load_groupmixformer_weights`."""
-        return load_groupmixformer_weights(self, checkpoint, strict=strict)
+        """Load an authors'-format checkpoint (a path or a dict); see :func:`load_groupmixformer_weights`.
+
+        Sets ``pretrained_loaded``, which the detection optimizer reads to give the backbone its lower
+        learning rate, however the weights arrived (``--backbone-weights`` or the YAML's ``pretrained``).
+        """
+        report = load_groupmixformer_weights(self, checkpoint, strict=strict)
+        self.pretrained_loaded = True
+        return report
 
 
 # --------------------------------------------------------------------------------------------------
