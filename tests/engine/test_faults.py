@@ -17,7 +17,6 @@ from gmyolo.cli.main import main
 from gmyolo.data.synth import make_synthetic_dataset
 from gmyolo.engine import trainer as trainer_module
 from gmyolo.engine.faults import BatchTooLarge, GracefulInterrupt, out_of_memory_hint, tidy_interrupted_run
-from gmyolo.engine.trainer import TrainArgs, train
 from gmyolo.models.yolo import DetectionModel
 
 CLI = ["--model", "yolov5n-gmf-nano", "--imgsz", "64", "--batch", "8", "--nbs", "8", "--workers", "0"]
@@ -38,34 +37,84 @@ def temp_files(run) -> list:
     return [p for p in run.rglob("*") if p.name.endswith(".tmp")]
 
 
+def gmyolo_train(*argv: str) -> list[str]:
+    return [sys.executable, "-m", "gmyolo", "train", *argv]
+
+
+def read_rows(path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_same_training_state(a: dict, b: dict) -> None:
+    """Two checkpoints hold bit-identical training state: weights, EMA, optimizer, counters, RNG."""
+    assert (a["epoch"], a["best_fitness"], a["updates"]) == (b["epoch"], b["best_fitness"], b["updates"])
+    for part in ("model", "ema"):
+        assert a[part].keys() == b[part].keys(), part
+        for k, v in a[part].items():
+            assert torch.equal(b[part][k], v), (part, k, (b[part][k].float() - v.float()).abs().max().item())
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 100  # AdamW state for every trained tensor
+    for p, state in sa.items():
+        assert state.keys() == sb[p].keys(), p
+        for name, v in state.items():
+            assert torch.equal(sb[p][name], v), (p, name, (sb[p][name].float() - v.float()).abs().max().item())
+    for ga, gb in zip(a["optimizer"]["param_groups"], b["optimizer"]["param_groups"], strict=True):
+        assert (ga["lr"], ga["betas"]) == (gb["lr"], gb["betas"])  # AdamW: betas[0] is the (warm-up) momentum
+        assert ga == gb  # and everything else: weight decay, initial lr, the parameters in the group
+    assert torch.equal(a["rng_state"], b["rng_state"])
+
+
 def test_sigkill_mid_epoch_then_resume(synth, tmp_path):
-    cmd = [sys.executable, "-m", "gmyolo", "train", "--data", synth, "--epochs", "3", "--project", str(tmp_path), *CLI]
+    # The same command twice: one run is SIGKILLed while it trains epoch 2, then resumed with the command its
+    # error message suggests (`gmyolo train --resume LAST_PT`, which does not repeat --workers 0: the data must
+    # not depend on it); the other runs straight through. Training depends only on (seed, epoch, step), so both
+    # must end bit for bit the same. One thread each (a different thread count splits intra-op reductions
+    # differently), the two runs side by side.
+    def command(project):
+        return gmyolo_train("--data", synth, "--epochs", "3", "--project", str(tmp_path / project), *CLI)
+
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=tmp_path)
-    seen = bytearray()
+    with open(tmp_path / "straight.log", "wb") as log:
+        straight = subprocess.Popen(command("straight"), stdout=log, stderr=log, env=env, cwd=tmp_path)
+    try:
+        proc = subprocess.Popen(command("killed"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
+                                cwd=tmp_path)  # fmt: skip
+        seen = bytearray()
 
-    def read_stderr():  # the progress bar writes "2/3 ..." once a batch of epoch 2 has been trained
-        while chunk := proc.stderr.read1(4096):
-            seen.extend(chunk)
+        def read_stderr():  # the progress bar writes "2/3 ..." once a batch of epoch 2 has been trained
+            while chunk := proc.stderr.read1(4096):
+                seen.extend(chunk)
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 240
-    while b"2/3 cpu" not in seen and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert b"2/3 cpu" in seen, seen.decode(errors="replace")[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    reader.join(10)
-    run = tmp_path / "exp"
-    killed = torch.load(run / "weights/last.pt", weights_only=True)  # loads: never half written
-    assert killed["epoch"] >= 0 and len(read_epochs(run / "results.csv")) >= killed["epoch"] + 1
+        reader = threading.Thread(target=read_stderr, daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 240
+        while b"2/3 cpu" not in seen and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        reader.join(10)
+        assert b"2/3 cpu" in seen, seen.decode(errors="replace")[-2000:]
+        run = tmp_path / "killed/exp"
+        killed = torch.load(run / "weights/last.pt", weights_only=True)  # loads: never half written
+        assert killed["epoch"] >= 0 and len(read_epochs(run / "results.csv")) >= killed["epoch"] + 1
 
-    resumed = train(TrainArgs(resume=str(run / "weights/last.pt"), progress=False))
-    assert resumed["save_dir"] == str(run) and resumed["epochs_trained"] == 3
+        resume = subprocess.run(gmyolo_train("--resume", str(run / "weights/last.pt")), capture_output=True,
+                                env=env, cwd=tmp_path)  # fmt: skip
+        assert resume.returncode == 0, resume.stderr.decode(errors="replace")[-3000:]
+        assert straight.wait(timeout=300) == 0, (tmp_path / "straight.log").read_text(errors="replace")[-3000:]
+    finally:
+        straight.kill()  # no-op once it has finished
+        straight.wait()
+    assert [p.name for p in (tmp_path / "killed").iterdir()] == ["exp"]  # resumed in its own folder
     assert read_epochs(run / "results.csv") == ["1", "2", "3"]
-    assert torch.load(run / "weights/last.pt", weights_only=True)["epoch"] == 2
     assert not temp_files(tmp_path)
+    resumed = torch.load(run / "weights/last.pt", weights_only=True)
+    uninterrupted = torch.load(tmp_path / "straight/exp/weights/last.pt", weights_only=True)
+    assert resumed["epoch"] == 2
+    assert_same_training_state(uninterrupted, resumed)
+    # Every logged value too (train and val losses, P, R, mAPs, learning rates), as written (6 digits).
+    assert read_rows(run / "results.csv") == read_rows(tmp_path / "straight/exp/results.csv")
 
 
 def test_ctrl_c_while_saving_finishes_the_checkpoint_first(synth, tmp_path, monkeypatch, capsys):

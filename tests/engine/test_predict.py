@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -84,23 +85,44 @@ def test_boxes_are_mapped_back_to_original_pixels():
     assert not list(predict(PredictArgs(source=[image], save=False, conf=0.8), backend, verbose=False))[0]
 
 
-def test_trained_model_finds_the_shapes(best, val_images):
-    # ~130 CPU optimiser steps leave the model far from converged (mAP50 0.02-0.05), but at a low threshold
-    # its boxes already land on about half the objects (measured 18-19 of 37); an untrained model's on none.
-    results = YOLO(best).predict([str(p) for p in val_images], conf=0.001)
-    assert len(results) == len(val_images)
-    located = correct = objects = 0
-    for r, path in zip(results, val_images):
-        labels = np.loadtxt(str(path).replace("images", "labels").replace(".png", ".txt"), ndmin=2).reshape(-1, 5)
+def shape_finding(weights, images, conf: float) -> dict[str, int]:
+    """Objects with a predicted box at IoU > 0.5 (``located``), of the right class too (``correct``), and predicted
+    boxes that lie so on an object (``good_boxes``, of ``boxes``)."""
+    located = correct = objects = boxes = good_boxes = 0
+    for r, path in zip(YOLO(weights).predict([str(p) for p in images], conf=conf), images, strict=True):
+        label_file = Path(str(path).replace("images", "labels")).with_suffix(".txt")
+        labels = np.array(label_file.read_text().split(), dtype=np.float64).reshape(-1, 5)  # may be empty
         h, w = r.orig_shape
         gt = torch.from_numpy(xywhn_to_xyxy(labels[:, 1:], w, h))
-        objects += len(gt)
+        objects, boxes = objects + len(gt), boxes + len(r)
         if len(r) and len(gt):
             found = box_iou(gt, r.boxes) > 0.5
-            same_class = torch.from_numpy(labels[:, 0]).long()[:, None] == r.classes[None]
+            hit = found & (torch.from_numpy(labels[:, 0]).long()[:, None] == r.classes[None])
             located += int(found.any(1).sum())
-            correct += int((found & same_class).any(1).sum())
-    assert objects > 20 and located >= objects / 5 and correct >= objects / 8, (located, correct, objects)
+            correct += int(hit.any(1).sum())
+            good_boxes += int(hit.any(0).sum())
+    return dict(objects=objects, located=located, correct=correct, boxes=boxes, good_boxes=good_boxes)
+
+
+def test_trained_model_finds_the_shapes(best, untrained_weights, val_images):
+    # ~130 CPU optimiser steps leave the model far from converged: its scores do not rank its boxes yet (above
+    # conf 0.02, 3 runs of 13 had no correct box), but at conf 0.001 its boxes land on the objects. Measured over
+    # the 13 runs of test_training_improves_map (37-39 objects): located 11-20, correct 6-16 (3 in the run that
+    # barely learnt to classify, which fails here too), precision (good boxes / boxes) 0.0033-0.0087, i.e. 5-24
+    # good of 1428-2766 boxes (seed 0 as here: located 20, correct 12, 15 good of 2332). The runs' initial
+    # weights: located 0, correct 0, 0 good of 112-144 boxes, in every run.
+    def finds_the_shapes(s):
+        return (
+            s["located"] >= s["objects"] / 5
+            and s["correct"] >= s["objects"] / 10
+            and s["good_boxes"] >= 0.0015 * s["boxes"]
+            and s["good_boxes"] >= 3
+        )
+
+    trained, untrained = shape_finding(best, val_images, 0.001), shape_finding(untrained_weights, val_images, 0.001)
+    assert trained["objects"] > 20 and finds_the_shapes(trained), trained
+    assert not finds_the_shapes(untrained), untrained  # the negative control: the same check fails
+    assert untrained["located"] < untrained["objects"] / 5 and untrained["good_boxes"] < 3, untrained
 
 
 def test_exports_reproduce_pytorch_predictions(best, val_images, exported):

@@ -59,15 +59,32 @@ def test_train_writes_a_complete_run_and_val_reproduces_it(synth, tmp_path):
     assert r2["save_dir"].endswith("exp2")
 
 
-def test_training_improves_map(trained_run):
-    # ~130 optimiser steps on a CPU: far from converged (the quick start needs ~400 for mAP50 > 0.5), but the
-    # model must clearly have started to find and classify the shapes: at init mAP50 is ~0.001; measured
-    # best values are 0.007-0.05 depending on the implementation's float rounding (the run is chaotic).
+def test_training_improves_map(trained_run, untrained_weights, tmp_path):
+    # ~130 optimiser steps on a CPU: far from converged (the quick start needs ~400 for mAP50 > 0.5), and the run is
+    # chaotic (float rounding, e.g. the thread count, changes it like a new seed). Judged on the 64 training images
+    # (~150 objects): the 16 validation images (37 objects) are too few at this stage (there the runs below reach
+    # mAP50 0.0021-0.11, and their initial weights up to 0.0046). Measured with this fixture's config, 13 runs:
+    # training seeds 0-7 with dataset seed 1 (seed 0 with 2 threads, as here, and with 1), dataset seed 2 with
+    # training seeds 0 and 1, dataset seed 3 with 0 and 2. best.pt on the training images, min / median / max of 12:
+    #   mAP50 0.0036 / 0.012 / 0.038, mAP50-95 0.0015 / 0.0053 / 0.019, precision 0.0026 / 0.035 / 0.56
+    #   (seed 0 as here: 0.038, 0.019, 0.56); the runs' initial weights, max of 13: 0.0009, 0.0002, 0.0009.
+    # The 13th run (training seed 1, dataset seed 2) barely learnt to classify (cls loss up 5%; mAP50 0.0013,
+    # mAP50-95 0.0003, precision 0.0017) and fails this check, as it should; so a change that alters the float
+    # rounding can fail it (1 run in 13): try another seed before suspecting the change.
+    floors = {"mAP50": 0.0018, "mAP50-95": 0.0006, "precision": 0.0015}
+
+    def evaluate(weights):
+        kwargs = dict(split="train", batch=16, workers=0, plots=False, progress=False, project=str(tmp_path))
+        return run_val(ValArgs(weights=weights, **kwargs))
+
+    trained, untrained = evaluate(str(trained_run / "weights/best.pt")), evaluate(untrained_weights)
+    for key, floor in floors.items():
+        assert trained[key] > floor, (key, trained)
+        assert untrained[key] < floor, (key, untrained)  # the negative control fails every term of the check
+    # Mean train loss, last / first epoch, the same 12 runs: box 0.75-0.92, cls 0.77-0.92 (the 13th: 0.92, 1.05).
     rows = read_csv(trained_run / "results.csv")
-    first, best = float(rows[0]["metrics/mAP_0.5"]), max(float(r["metrics/mAP_0.5"]) for r in rows)
-    assert best > max(5 * first, 0.005)
     for loss in ("train/box_loss", "train/cls_loss"):
-        assert float(rows[-1][loss]) < 0.9 * float(rows[0][loss]), loss
+        assert float(rows[-1][loss]) < 0.96 * float(rows[0][loss]), loss
 
 
 def test_resume_continues_exactly(synth, tmp_path, monkeypatch):
@@ -93,8 +110,11 @@ def test_resume_continues_exactly(synth, tmp_path, monkeypatch):
     assert [r["epoch"] for r in read_csv(tmp_path / "b/exp/results.csv")] == ["1", "2", "3"]
     a = torch.load(straight["last"], weights_only=True)
     b = torch.load(resumed["last"], weights_only=True)
-    for k, v in a["model"].items():
-        torch.testing.assert_close(b["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert a["updates"] == b["updates"]
+    for part in ("model", "ema"):  # bit for bit (test_faults.py also compares the optimizer, after a SIGKILL)
+        for k, v in a[part].items():
+            assert torch.equal(b[part][k], v), (part, k)
+    assert read_csv(tmp_path / "a/exp/results.csv") == read_csv(tmp_path / "b/exp/results.csv")
     with pytest.raises(ValueError, match="already finished"):
         train(TrainArgs(resume=resumed["last"], progress=False))
 
