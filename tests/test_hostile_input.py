@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from gmyolo.cli.main import main
+from gmyolo.data.augment import stride_multiple
 from gmyolo.data.config import DatasetError, load_dataset_config
 from gmyolo.data.synth import make_synthetic_dataset
 from gmyolo.engine import distributed as distributed_module
 from gmyolo.engine.distributed import per_rank_batch
-from gmyolo.engine.trainer import stride_multiple
 from gmyolo.models.yolo import DetectionModel, ModelConfigError
 
 FAST = ["--model", "yolov5n-gmf-nano", "--imgsz", "64", "--batch", "8", "--nbs", "8", "--workers", "0"]

@@ -20,22 +20,21 @@ import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .engine.backends import ONNX_SUFFIXES, TORCHSCRIPT_SUFFIXES, Backend, load_backend
-from .engine.checkpoint import load_checkpoint, model_from_checkpoint
-from .engine.device import select_device
-from .engine.exporter import ExportArgs, export
-from .engine.predictor import PredictArgs, predict
-from .engine.results import Results
-from .engine.trainer import TrainArgs, train
-from .engine.val import ValArgs, run_val
 from .models.summary import count_macs, count_parameters
 from .models.yolo import DetectionModel
+from .tasks.detect.backends import ONNX_SUFFIXES, TORCHSCRIPT_SUFFIXES, Backend, load_backend
+from .tasks.detect.checkpoint import load_checkpoint, model_from_checkpoint
+from .tasks.detect.options import ExportArgs, PredictArgs, TrainArgs, ValArgs
+
+if TYPE_CHECKING:
+    from .tasks.detect.results import Results
 
 __all__ = ["YOLO", "Results"]
 
-EXPORTED_SUFFIXES = ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES
+EXPORTED_SUFFIXES = ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES  # predict and val run them; what each command needs
+# beyond PyTorch (OpenCV, ONNX Runtime, matplotlib) is imported when it runs
 
 
 class YOLO:
@@ -92,6 +91,8 @@ class YOLO:
             kwargs["weights"] = self.weights
         else:
             kwargs.setdefault("model", self.cfg)
+        from .tasks.detect.train import train
+
         results = train(TrainArgs(data=data, **kwargs))
         self.__init__(results["best"])
         return results
@@ -100,6 +101,8 @@ class YOLO:
         """Evaluate these weights — a checkpoint or an exported file (options as `gmyolo val`)."""
         if not self.weights:
             raise ValueError("val needs trained weights: YOLO('path/to/best.pt'), or call train() first")
+        from .tasks.detect.val import run_val
+
         return run_val(ValArgs(weights=self.weights, data=data, **kwargs))
 
     def predict(
@@ -111,12 +114,16 @@ class YOLO:
         name, ...). Nothing is written unless ``save``/``save_txt``/``save_json`` is set. ``stream=True``
         returns a generator (constant memory on large folders) instead of a list.
         """
+        from .tasks.detect.predict import predict
+
         args = PredictArgs(weights=self.weights or "", source=source, save=save, **kwargs)
         results = predict(args, self._backend(args.device), verbose=verbose)
         return results if stream else list(results)
 
     def _backend(self, device: str) -> Backend:
         """The inference backend on ``device``, built once per device (a fused copy; self.model is untouched)."""
+        from .engine.device import select_device
+
         device = select_device(device)
         if self.exported is not None:
             self.exported.device = device
@@ -128,6 +135,8 @@ class YOLO:
 
     def export(self, format: str = "onnx", **kwargs: Any) -> str:
         """Write an ONNX or TorchScript file, checked against PyTorch; returns its path (options as `gmyolo export`)."""
+        from .tasks.detect.export import export
+
         model = self._torch_model("export")
         if self.weights:
             return export(ExportArgs(weights=self.weights, format=format, **kwargs))["file"]
@@ -139,3 +148,11 @@ class YOLO:
         if self.exported is not None:
             return f"YOLO({source!r}, {self.exported.kind}, nc={len(self.names)})"
         return f"YOLO({source!r}, nc={self.model.nc}, params={count_parameters(self.model):,})"
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Results":  # drawing needs OpenCV: imported when asked for
+        from .tasks.detect.results import Results
+
+        return Results
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from gmyolo.data.coco import add_convert_coco_parser, convert_coco
+from gmyolo.cli.data import add_convert_coco_parser
+from gmyolo.data.coco import convert_coco
 from gmyolo.data.config import label_path, list_images, load_dataset_config
 from gmyolo.data.labels import load_labels
 

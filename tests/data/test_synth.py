@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
+from gmyolo.cli.data import add_synth_parser, run_synth
 from gmyolo.data import synth
 from gmyolo.data.config import list_images, load_dataset_config
 from gmyolo.data.labels import load_labels
-from gmyolo.data.synth import SYNTH_CLASSES, add_synth_parser, make_synthetic_dataset, run_synth
+from gmyolo.data.synth import SYNTH_CLASSES, make_synthetic_dataset
 
 SMALL = dict(n_train=12, n_val=4, imgsz=96)
 LINE_RE = re.compile(r"^\d+ \d\.\d{6} \d\.\d{6} \d\.\d{6} \d\.\d{6}$")

@@ -16,11 +16,13 @@ from torch import nn
 from gmyolo.data.dataset import build_dataloader, create_dataset
 from gmyolo.data.synth import make_synthetic_dataset
 from gmyolo.engine import distributed as distributed_module
-from gmyolo.engine import trainer as trainer_module
+from gmyolo.engine import trainer as base_trainer_module
 from gmyolo.engine.device import select_device
 from gmyolo.engine.distributed import launch_needed, setup_distributed
-from gmyolo.engine.trainer import TrainArgs, TrainingDiverged, train
+from gmyolo.errors import TrainingDiverged
 from gmyolo.models.yolo import DetectionModel
+from gmyolo.tasks.detect import train as trainer_module
+from gmyolo.tasks.detect.train import TrainArgs, train
 
 # 16 images, global batch 8: 2 steps per epoch (4 images per rank and step with 2 ranks). SGD unless a test
 # says otherwise.
@@ -74,8 +76,8 @@ def worker(rank: int, world: int, port: int, out: str, args: dict, options: dict
     torch.set_num_threads(1)
     DetectionModel.train = frozen_batchnorm_train  # a forked process: the test process keeps the original
     models = []
-    real_wrap = trainer_module.wrap_model
-    trainer_module.wrap_model = lambda model, *a: (models.append(model), real_wrap(model, *a))[1]
+    real_wrap = base_trainer_module.wrap_model
+    base_trainer_module.wrap_model = lambda model, *a: (models.append(model), real_wrap(model, *a))[1]
     if options.get("never_better"):  # real validation (rank 0), but no improvement after epoch 1
         real_validate = trainer_module.validate
 
@@ -213,6 +215,6 @@ def test_devices_under_torchrun(monkeypatch):
 def test_launch_runs_torchrun_and_returns_rank_0_results(synth, tmp_path):
     # What `--device 0,1,...` does, here with one CPU process: torchrun, the worker, the results file.
     args = TrainArgs(data=synth, epochs=1, project=str(tmp_path), noautoanchor=True, **RUN)
-    result = distributed_module.launch(args, nproc=1)
+    result = distributed_module.launch(args, trainer_module.DetectionTrainer, nproc=1)
     assert result["save_dir"] == str(tmp_path / "exp") and result["epochs_trained"] == 1
     assert torch.load(result["last"], weights_only=True)["epoch"] == 0

@@ -15,9 +15,9 @@ import torch
 
 from gmyolo.cli.main import main
 from gmyolo.data.synth import make_synthetic_dataset
-from gmyolo.engine import trainer as trainer_module
 from gmyolo.engine.faults import BatchTooLarge, GracefulInterrupt, out_of_memory_hint, tidy_interrupted_run
 from gmyolo.models.yolo import DetectionModel
+from gmyolo.tasks.detect import train as trainer_module
 
 CLI = ["--model", "yolov5n-gmf-nano", "--imgsz", "64", "--batch", "8", "--nbs", "8", "--workers", "0"]
 CLI += ["--device", "cpu", "--no-plots", "--no-tensorboard", "--noautoanchor"]

@@ -12,18 +12,24 @@ import torch
 from gmyolo.data.config import load_dataset_config
 from gmyolo.data.dataset import build_dataloader, create_dataset
 from gmyolo.data.synth import make_synthetic_dataset
-from gmyolo.engine import loggers as loggers_module
-from gmyolo.engine import trainer as trainer_module
+from gmyolo.engine import trainer as base_trainer_module
 from gmyolo.engine.loggers import TensorBoardLogger, tensorboard_logger
-from gmyolo.engine.trainer import CSV_COLUMNS, TrainArgs, train
 from gmyolo.models.yolo import DetectionModel
+from gmyolo.tasks.detect import plots as detect_plots
+from gmyolo.tasks.detect import train as trainer_module
+from gmyolo.tasks.detect.plots import PredictionPictures
+from gmyolo.tasks.detect.train import CSV_COLUMNS, TrainArgs, train
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
 
 
 def test_event_file_holds_the_results_csv_and_images(tmp_path, monkeypatch):
-    for slow_plot in ("plot_labels", "plot_results", "save_validation_plots"):  # matplotlib; not logged here
-        monkeypatch.setattr(trainer_module, slow_plot, lambda *args, **kwargs: None)
+    for module, slow_plot in (  # matplotlib; not logged here
+        (trainer_module, "plot_labels"),
+        (base_trainer_module, "plot_results"),
+        (trainer_module, "save_validation_plots"),
+    ):
+        monkeypatch.setattr(module, slow_plot, lambda *args, **kwargs: None)
     data = make_synthetic_dataset(tmp_path / "synth", seed=0, n_train=8, n_val=4, imgsz=64)
     args = TrainArgs(data=str(data), epochs=2, imgsz=64, batch=8, nbs=8, workers=0, progress=False)
     args.project = str(tmp_path / "runs")
@@ -69,12 +75,14 @@ def test_predictions_are_drawn_in_batch_coordinates(tmp_path, monkeypatch):
         drawn[len(drawn)] = (images, boxes)
         return real_plot_batch(images, boxes, names, path, *args, **kwargs)
 
-    real_plot_batch = loggers_module.plot_batch
-    monkeypatch.setattr(loggers_module, "plot_batch", record)
-    logger = TensorBoardLogger(tmp_path / "run", max_images=8, conf=0.001)  # an untrained model scores ~0.01
+    real_plot_batch = detect_plots.plot_batch
+    monkeypatch.setattr(detect_plots, "plot_batch", record)
+    logger = TensorBoardLogger(tmp_path / "run")
+    pictures = PredictionPictures(loader, data.names, max_images=8, conf=0.001)  # an untrained model scores ~0.01
     model = DetectionModel("yolov5n-gmf-nano", nc=4)
-    logger.log_epoch(1, {"metrics/mAP_0.5": 0.5}, model, loader, data.names)
-    logger.log_epoch(2, {"metrics/mAP_0.5": 0.6}, model, loader, data.names)
+    for step, value in ((1, 0.5), (2, 0.6)):
+        logger.log_scalars({"metrics/mAP_0.5": value}, step)
+        pictures.log(logger, model, step)
     logger.close()
     labels_images, labels = drawn[0]
     assert len(labels_images) == 4 and labels.shape[1] == 6  # one loader batch at most; the labels once

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gmyolo.models.groupmixformer import VARIANTS, FusedGMABlock, GroupMixFormer, groupmixformer, stage_output_sizes
-from gmyolo.models.groupmixformer_literal import literal_forward_features
+from gmyolo.models.groupmixformer.literal import literal_forward_features
 from gmyolo.models.summary import count_macs, count_parameters
 
 # The spec's table (counted on the authors' code, 1000-class head, 224x224).
@@ -156,7 +156,7 @@ def test_pooling_aggregators(aggregator):
 
 
 def test_min_pool_is_a_min():
-    from gmyolo.models.groupmixformer import MinPool2d
+    from gmyolo.models.groupmixformer.model import MinPool2d
 
     x = torch.randn(1, 2, 9, 9)
     assert torch.equal(MinPool2d(3)(x), -torch.nn.functional.max_pool2d(-x, 3, 1, 1))

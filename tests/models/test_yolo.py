@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from gmyolo.models.common import C3GMA, Conv
 from gmyolo.models.groupmixformer import GroupMixFormer, groupmixformer
-from gmyolo.models.registry import MODULES, register_module
 from gmyolo.models.yolo import BackboneOutput, DetectionModel, ModelConfigError, packaged_models
+from gmyolo.models.yolo.common import C3GMA, Conv
+from gmyolo.models.yolo.registry import MODULES, register_module
 
 # sum(p.numel()) of YOLOv5's own models at nc=80, counted on its code (only the numbers are used here):
 #   python -m venv /tmp/yolov5venv  (+ a .pth with /work/main/.venv's site-packages, for torch)

@@ -6,11 +6,11 @@ import argparse
 import json
 from typing import Any
 
-from ..engine.bench import MODES, BenchArgs, format_report, run_bench
+from ..tools.options import MODES, BenchArgs
 from .common import args_as
 
 
-def add_bench_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     d = BenchArgs()
     p = commands.add_parser(
         "bench",
@@ -55,6 +55,8 @@ def add_bench_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_bench_command(args: argparse.Namespace) -> dict[str, Any]:
+    from ..tools.bench import format_report, run_bench
+
     report = run_bench(args_as(BenchArgs, args))
     print(json.dumps(report, indent=2) if args.json else format_report(report))
     return report

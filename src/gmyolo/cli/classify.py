@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.classify import (
-    ClassifyPredictArgs,
-    ClassifyTrainArgs,
-    ClassifyValArgs,
-    classify_predict,
-    classify_train,
-    classify_val,
-)
-from .common import args_as
+from ..tasks.classify.options import ClassifyPredictArgs, ClassifyTrainArgs, ClassifyValArgs
+from .common import add_resume_argument, args_as
 
-__all__ = ["add_classify_parser"]
+__all__ = ["add_parser"]
 
 
-def add_classify_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser(
         "classify",
         help="image classification: fine-tune, evaluate and predict with GroupMixFormer",
@@ -35,7 +28,9 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train or fine-tune a classifier (the authors' ImageNet recipe by default)",
     )
-    p.add_argument("--data", required=True, help="folder with train/ and val/ folders, one sub-folder per class")
+    p.add_argument(
+        "--data", default="", help="folder with train/ and val/ folders, one sub-folder per class (not with --resume)"
+    )
     p.add_argument("--model", default=d.model, help="groupmixformer-m, -t, -s, -b or -l (default %(default)s)")
     p.add_argument(
         "--weights", default=None, help="the authors' ImageNet checkpoint (head replaced) or a gmyolo classifier"
@@ -43,19 +38,16 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=d.epochs, help="(default %(default)s)")
     p.add_argument("--imgsz", type=int, default=d.imgsz, help="training and evaluation crop size (default %(default)s)")
     p.add_argument("--batch", type=int, default=d.batch, help="(default %(default)s)")
-    p.add_argument("--device", default=d.device, help="'' (auto: first GPU, else CPU), cpu, 0, cuda:0")
+    p.add_argument(
+        "--device",
+        default=d.device,
+        help="'' (auto: first GPU, else CPU), cpu, 0, cuda:0, or 0,1,2,3: DDP, one process each",
+    )
     p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (default %(default)s)")
     p.add_argument("--project", default=d.project, help="(default %(default)s)")
     p.add_argument("--name", default=d.name, help="(default %(default)s)")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=None,
-        metavar="LAST_PT",
-        help="continue an interrupted run (its last.pt; without a path: the latest run under --project)",
-    )
+    add_resume_argument(p)
     r = p.add_argument_group("recipe (the authors' ImageNet settings)")
     r.add_argument(
         "--lr",
@@ -125,6 +117,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--ema", action="store_true", help="keep an EMA of the weights; validate and save it")
     r.add_argument("--ema-decay", type=float, default=d.ema_decay, help="(default %(default)s)")
     p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
+    p.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all GPUs (DDP)")
+    p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logging")
     p.add_argument(
         "--patience",
         type=int,
@@ -133,7 +127,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=d.seed, help="(default %(default)s)")
     p.add_argument("--no-plots", dest="plots", action="store_false")
-    p.set_defaults(run=lambda args: classify_train(args_as(ClassifyTrainArgs, args)))
+    p.set_defaults(run=run_train)
 
 
 def add_val(sub: argparse._SubParsersAction) -> None:
@@ -156,7 +150,7 @@ def add_val(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=d.name, help="(default %(default)s)")
     p.add_argument("--exist-ok", action="store_true")
     p.add_argument("--no-plots", dest="plots", action="store_false")
-    p.set_defaults(run=lambda args: classify_val(args_as(ClassifyValArgs, args)))
+    p.set_defaults(run=run_val)
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
@@ -174,4 +168,22 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=d.device, help="'' (auto: first GPU, else CPU), cpu, 0, cuda:0")
     p.add_argument("--workers", type=int, default=d.workers, help="(default %(default)s)")
     p.add_argument("--save", default=None, metavar="FILE", help="also write the predictions to FILE.csv or FILE.json")
-    p.set_defaults(run=lambda args: classify_predict(args_as(ClassifyPredictArgs, args)))
+    p.set_defaults(run=run_predict)
+
+
+def run_train(args: argparse.Namespace) -> dict:
+    from ..tasks.classify.train import classify_train
+
+    return classify_train(args_as(ClassifyTrainArgs, args))
+
+
+def run_val(args: argparse.Namespace) -> dict:
+    from ..tasks.classify.val import classify_val
+
+    return classify_val(args_as(ClassifyValArgs, args))
+
+
+def run_predict(args: argparse.Namespace) -> list:
+    from ..tasks.classify.predict import classify_predict
+
+    return classify_predict(args_as(ClassifyPredictArgs, args))

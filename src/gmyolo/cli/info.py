@@ -11,12 +11,6 @@ import argparse
 import json
 from typing import Any
 
-import torch
-
-from ..models.groupmixformer import VARIANTS, groupmixformer, variant_name
-from ..models.summary import count_macs, count_parameters, groupmixformer_stages
-from ..models.yolo import DetectionModel
-
 DEFAULT_MODEL = "groupmixformer-t"
 
 
@@ -27,7 +21,7 @@ def image_size(values: list[int]) -> tuple[int, int]:
     return (values[0], values[0]) if len(values) == 1 else (values[0], values[1])
 
 
-def add_info_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     p = commands.add_parser("info", help="layers, parameters, MACs and output shapes of a model")
     p.add_argument(
         "--model",
@@ -62,22 +56,19 @@ def add_info_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_info)
 
 
-def is_backbone_name(name: str) -> bool:
-    """'groupmixformer-t', 't', 'groupmixformer-x' (an error later) — but not a '.yaml' model file."""
-    key = name.strip().lower()
-    if key.endswith((".yaml", ".yml")):
-        return False
-    return key in VARIANTS or key.startswith(("groupmixformer", "gmf-", "gmf_"))
-
-
 def run_info(args: argparse.Namespace) -> dict[str, Any]:
-    summary = backbone_info(args) if is_backbone_name(args.model) else detector_info(args)
+    from ..models.groupmixformer import is_variant_name  # 'groupmixformer-t', 't' — not a '.yaml' file
+
+    summary = backbone_info(args) if is_variant_name(args.model) else detector_info(args)
     if args.json:
         print(json.dumps(summary, indent=2))
     return summary
 
 
 def backbone_info(args: argparse.Namespace) -> dict[str, Any]:
+    from ..models.groupmixformer import groupmixformer, variant_name
+    from ..models.summary import count_macs, count_parameters, groupmixformer_stages
+
     imgsz = image_size(args.imgsz or [224])
     name = f"groupmixformer-{variant_name(args.model)}"
     model = groupmixformer(
@@ -123,6 +114,11 @@ def backbone_info(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def detector_info(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from ..models.summary import count_macs, count_parameters
+    from ..models.yolo import DetectionModel
+
     if args.weights or args.features or args.aggregator != "conv":
         raise ValueError(
             "--weights, --features and --aggregator apply to GroupMixFormer names; "

@@ -1,4 +1,9 @@
-"""The ``gmyolo`` command line: ``gmyolo <command> [options]``; ``gmyolo <command> -h`` for each."""
+"""The ``gmyolo`` command line: ``gmyolo <command> [options]``; ``gmyolo <command> -h`` for each.
+
+Arguments are parsed before anything heavy is imported: each command's module reads its defaults from
+its options dataclass (plain data), and imports torch and the rest only when the command runs. So
+``gmyolo --help`` and ``gmyolo train --help`` answer without loading PyTorch.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
-from ..engine.distributed import LaunchError
-from ..engine.exporter import ExportError
-from ..engine.faults import BatchTooLarge
-from ..engine.trainer import TrainingDiverged
-from .bench import add_bench_parser
-from .classify import add_classify_parser
-from .data import add_data_parser
-from .info import add_info_parser
-from .predict import add_export_parser, add_predict_parser
-from .train import add_train_parser, add_val_parser
+from ..errors import USER_ERRORS
+from . import bench, classify, data, export, info, predict, train, val
 
 __all__ = ["main", "build_parser", "USER_ERRORS"]
 
-# Errors a user can act on from the message alone: printed as one line, exit code 2 (no traceback).
-USER_ERRORS = (ValueError, OSError, TrainingDiverged, ExportError, BatchTooLarge, LaunchError)
+COMMANDS = (info, train, val, predict, export, data, bench, classify)  # in the order --help lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,14 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gmyolo {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only print warnings and errors")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_info_parser(commands)
-    add_train_parser(commands)
-    add_val_parser(commands)
-    add_predict_parser(commands)
-    add_export_parser(commands)
-    add_data_parser(commands)
-    add_bench_parser(commands)
-    add_classify_parser(commands)
+    for command in COMMANDS:
+        command.add_parser(commands)
     return parser
 
 
@@ -48,13 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
+    name = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))  # 'classify train'
     try:
         args.run(args)
     except KeyboardInterrupt as e:  # the message, if any, says how to resume
-        print(f"gmyolo {args.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+        print(f"gmyolo {name}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
         return 130
     except USER_ERRORS as e:  # names, sizes, files, data
-        name = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))
         print(f"gmyolo {name}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,18 +1,14 @@
-"""``gmyolo predict`` and ``gmyolo export``."""
+"""``gmyolo predict``: detect objects in images, folders, globs, list files or videos."""
 
 from __future__ import annotations
 
 import argparse
-import logging
 
-from ..engine.exporter import DEFAULT_OPSET, ExportArgs, export
-from ..engine.predictor import PredictArgs, predict
+from ..tasks.detect.options import PredictArgs
 from .common import args_as
 
-LOGGER = logging.getLogger("gmyolo")
 
-
-def add_predict_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     d = PredictArgs()
     p = commands.add_parser("predict", help="detect objects in images, folders, globs, list files or videos")
     p.add_argument("--weights", default=d.weights, help="a gmyolo checkpoint (.pt), or an .onnx/.torchscript export")
@@ -39,28 +35,9 @@ def add_predict_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
+    from ..tasks.detect.predict import predict
+
     n = 0
     for _ in predict(args_as(PredictArgs, args), keep_images=False):
         n += 1
     return n
-
-
-def add_export_parser(commands: argparse._SubParsersAction) -> None:
-    d = ExportArgs()
-    p = commands.add_parser("export", help="export a checkpoint to ONNX or TorchScript (checked against PyTorch)")
-    p.add_argument("--weights", default=d.weights, help="a gmyolo checkpoint (.pt)")
-    p.add_argument("--format", "--include", dest="format", default=d.format, choices=["onnx", "torchscript"])
-    p.add_argument("--imgsz", type=int, default=None, help="input size (default: the training size)")
-    p.add_argument("--batch", type=int, default=d.batch, help="batch of the example input (the batch is dynamic)")
-    p.add_argument("--dynamic", action="store_true", help="also make the image size dynamic (ONNX, TorchScript)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--dynamo", action="store_true", help="ONNX: use the torch.export-based exporter")
-    p.add_argument("--output", "-o", default=None, help="output file (default: beside the weights)")
-    p.add_argument("--tolerance", type=float, default=d.tolerance, help="max allowed |exported - PyTorch|")
-    p.set_defaults(run=run_export)
-
-
-def run_export(args: argparse.Namespace) -> dict:
-    result = export(args_as(ExportArgs, args))
-    print(result["file"])
-    return result

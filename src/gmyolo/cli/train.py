@@ -1,13 +1,12 @@
-"""``gmyolo train`` and ``gmyolo val``."""
+"""``gmyolo train``: train a detector (the default: a GroupMixFormer detector on the built-in data)."""
 
 from __future__ import annotations
 
 import argparse
 
-from ..engine.hyp import hyp_names, load_hyp
-from ..engine.trainer import TrainArgs, train
-from ..engine.val import ValArgs, run_val
-from .common import args_as
+from ..cfg import hyp_names
+from ..tasks.detect.options import TrainArgs
+from .common import add_resume_argument, args_as
 
 
 def parse_hyp(items: list[str]) -> dict[str, float]:
@@ -16,6 +15,8 @@ def parse_hyp(items: list[str]) -> dict[str, float]:
     ['scratch-high', 'lr0=0.005'] -> the set's values with lr0 = 0.005; ['mosaic=0.5'] -> {'mosaic': 0.5}
     (override keys are checked by the trainer).
     """
+    from ..tasks.detect.hyp import load_hyp
+
     items = list(items or [])
     out = load_hyp(items.pop(0)) if items and "=" not in items[0] else {}
     for item in items:
@@ -29,7 +30,7 @@ def parse_hyp(items: list[str]) -> dict[str, float]:
     return out
 
 
-def add_train_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     d = TrainArgs()
     p = commands.add_parser("train", help="train a detector (default: GroupMixFormer detector on synthetic data)")
     p.add_argument("--data", default=d.data, help="dataset YAML, or 'synth' for the built-in dataset (default)")
@@ -52,14 +53,7 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
-    p.add_argument(
-        "--resume",
-        nargs="?",
-        const="last",
-        default=None,
-        metavar="LAST_PT",
-        help="continue an interrupted run (its last.pt; without a path: the latest run)",
-    )
+    add_resume_argument(p)
     p.add_argument("--optimizer", default=d.optimizer, help="auto (AdamW for transformer backbones), SGD, AdamW")
     p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (default linear)")
     p.add_argument("--patience", type=int, default=d.patience, help="early stop after N epochs without improvement")
@@ -85,30 +79,6 @@ def add_train_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> dict:
+    from ..tasks.detect.train import train
+
     return train(args_as(TrainArgs, args, hyp=parse_hyp(args.hyp)))
-
-
-def add_val_parser(commands: argparse._SubParsersAction) -> None:
-    d = ValArgs()
-    p = commands.add_parser("val", help="evaluate a checkpoint: P, R, mAP50, mAP50-95 per class")
-    p.add_argument("--weights", default=d.weights, help="checkpoint (best.pt) or its .onnx/.torchscript export")
-    p.add_argument("--data", default=None, help="dataset YAML (default: the one the model was trained on)")
-    p.add_argument("--split", default=d.split, choices=["train", "val", "test"])
-    p.add_argument("--imgsz", type=int, default=None, help="image size (default: the training size)")
-    p.add_argument("--batch", type=int, default=d.batch)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--workers", type=int, default=d.workers)
-    p.add_argument("--conf", type=float, default=d.conf, help="confidence threshold")
-    p.add_argument("--iou", type=float, default=d.iou, help="NMS IoU threshold")
-    p.add_argument("--max-det", type=int, default=d.max_det)
-    p.add_argument("--save-json", action="store_true", help="write COCO-format detections and run pycocotools")
-    p.add_argument("--coco-gt", default=None, help="COCO ground-truth JSON for pycocotools (default: from labels)")
-    p.add_argument("--project", default=d.project)
-    p.add_argument("--name", default=d.name)
-    p.add_argument("--exist-ok", action="store_true")
-    p.add_argument("--no-plots", dest="plots", action="store_false")
-    p.set_defaults(run=run_val_cli)
-
-
-def run_val_cli(args: argparse.Namespace) -> dict:
-    return run_val(args_as(ValArgs, args))

@@ -6,12 +6,14 @@ a function of (seed, epoch, index) and does not depend on the number of loader w
 
 from __future__ import annotations
 
+import logging
 import math
 
 import cv2
 import numpy as np
 
 __all__ = [
+    "stride_multiple",
     "AUGMENT_DEFAULTS",
     "letterbox",
     "random_affine",
@@ -61,6 +63,16 @@ def xyxy_to_xywhn(xyxy: np.ndarray, w: int, h: int) -> np.ndarray:
     out[:, 2] = (b[:, 2] - b[:, 0]) / w
     out[:, 3] = (b[:, 3] - b[:, 1]) / h
     return out
+
+
+def stride_multiple(imgsz: int, stride: int) -> int:
+    """``imgsz`` rounded up to a multiple of the model's largest stride (with a warning when it changes)."""
+    size = math.ceil(imgsz / stride) * stride
+    if size != imgsz:
+        logging.getLogger("gmyolo").warning(
+            "--imgsz %d is not a multiple of the largest stride %d; using %d", imgsz, stride, size
+        )
+    return size
 
 
 def letterbox(

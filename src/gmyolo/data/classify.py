@@ -11,9 +11,11 @@ function drops it, and the training loop reports it with its path once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from timm.data.auto_augment import AugmentOp
 from torch.utils.data import DataLoader, Dataset
 
 from .config import IMG_FORMATS
-from .dataset import seed_worker
+from .dataset import build_dataloader
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
@@ -61,11 +63,20 @@ class ClassifyFolder(Dataset):
 
     ``dataset[i]`` is ``(image, label, path, error)``: image is what ``transform`` makes of the RGB PIL
     image (the PIL image itself without a transform); for an unreadable file image is None and error
-    says why.
+    says why. With a ``seed``, every random draw of the transform (timm's crops, RandAugment, erasing)
+    comes from generators seeded by (seed, epoch, index): the same image gets the same augmentation in
+    any worker or process, so a resumed or multi-GPU run repeats a single uninterrupted one.
     """
 
-    def __init__(self, root: str | os.PathLike, names: Sequence[str] | None = None, transform: Callable | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        names: Sequence[str] | None = None,
+        transform: Callable | None = None,
+        seed: int | None = None,
+    ):
         self.root = Path(root)
+        self.seed, self.epoch = seed, 0
         found = find_classes(self.root)
         self.names = list(names) if names is not None else found
         unknown = [c for c in found if c not in self.names]
@@ -96,12 +107,40 @@ class ClassifyFolder(Dataset):
         """Images per class, in ``names`` order."""
         return np.bincount(self.targets, minlength=len(self.names)).tolist()
 
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentation of the next epoch (seeded datasets); call before iterating, as workers copy the dataset."""
+        self.epoch = epoch
+
     def __getitem__(self, i: int) -> tuple[Any, int, str, str | None]:
         path, label = self.samples[i]
         image, error = read_image(path)
         if image is not None and self.transform is not None:
-            image = self.transform(image)
+            if self.seed is None:
+                image = self.transform(image)
+            else:
+                with seeded_random_state((self.seed, self.epoch, i)):
+                    image = self.transform(image)
         return image, label, str(path), error
+
+
+@contextlib.contextmanager
+def seeded_random_state(key: Sequence[int]) -> Iterator[None]:
+    """Python's, numpy's and torch's global generators seeded from ``key`` inside the block, restored after.
+
+    timm's transforms draw from all three; seeding them per sample makes an augmentation depend only on
+    ``key``, and restoring them leaves the caller's sequence (the training loop's) untouched.
+    """
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
 
 
 class ImageList(Dataset):
@@ -199,22 +238,19 @@ def classify_eval_transform(
 
 
 def build_classify_loader(
-    dataset: Dataset, batch_size: int, workers: int = 2, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+    dataset: Dataset,
+    batch_size: int,
+    workers: int = 2,
+    shuffle: bool = False,
+    seed: int = 0,
+    drop_last: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
-    """Seeded shuffling (re-seed ``loader.generator`` per epoch for a repeatable order), skipping collate."""
-    workers = max(0, min(workers, os.cpu_count() or 1, batch_size))
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        collate_fn=collate_classify,
-        worker_init_fn=seed_worker,
-        generator=generator,
-        drop_last=drop_last,
+    """A loader of :func:`collate_classify` batches (unreadable images dropped and reported); shuffling and
+    the split between ranks as in detection (:func:`gmyolo.data.dataset.build_dataloader`)."""
+    return build_dataloader(
+        dataset, batch_size, workers, shuffle, seed, rank, world_size, None, collate_classify, drop_last
     )
 
 

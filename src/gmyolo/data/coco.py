@@ -14,7 +14,6 @@ are never modified or copied.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ import yaml
 from ..utils.files import atomic_write
 from .config import label_path
 
-__all__ = ["convert_coco", "add_convert_coco_parser", "run_convert_coco"]
+__all__ = ["convert_coco", "convert_coco_annotations", "CocoConversion"]
 
 LOGGER = logging.getLogger("gmyolo")
 MAX_LISTED = 5  # missing images named in the warning; the rest are only counted
@@ -43,7 +42,7 @@ EMPTY_BOX = "zero size after clipping to the image"
 
 
 @dataclass
-class _Result:
+class CocoConversion:
     yaml_file: Path
     images: int
     boxes: int
@@ -214,14 +213,14 @@ def _write_yaml(out_dir: Path, existing: dict[str, Any] | None, split: str, entr
     return yaml_file
 
 
-def _convert(
+def convert_coco_annotations(
     annotations: str | os.PathLike,
     images_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     split: str | None,
     include_crowd: bool,
     link_images: bool,
-) -> _Result:
+) -> CocoConversion:
     annotations, images_dir, out_dir = Path(annotations), Path(images_dir), Path(out_dir)
     d = _load_json(annotations)
     if not images_dir.is_dir():
@@ -301,7 +300,7 @@ def _convert(
             log = LOGGER.info if reason == CROWD else LOGGER.warning  # crowd regions are skipped by design
             log(f"{annotations}: skipped {skipped[reason]} annotations: {reason}")
     LOGGER.info(f"{annotations}: {len(images)} images, {boxes} boxes, {len(names)} classes -> {labels_dir}")
-    return _Result(yaml_file, len(images), boxes, len(names), skipped)
+    return CocoConversion(yaml_file, len(images), boxes, len(names), skipped)
 
 
 def convert_coco(
@@ -325,28 +324,4 @@ def convert_coco(
         link_images: link ``out_dir/images/<split>`` to ``images_dir``; if False (or linking fails) write
             ``out_dir/<split>.txt`` with absolute image paths instead.
     """
-    return _convert(annotations, images_dir, out_dir, split, include_crowd, link_images).yaml_file
-
-
-def add_convert_coco_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``convert-coco`` on a subparsers object (``gmyolo data convert-coco``)."""
-    p = subparsers.add_parser("convert-coco", help="COCO JSON annotations -> YOLO labels and a dataset YAML")
-    p.add_argument("--json", required=True, metavar="FILE", help="COCO instances JSON, e.g. instances_val2017.json")
-    p.add_argument("--images", required=True, metavar="DIR", help="folder the JSON's file_name entries are in")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder for labels/, images/ and data.yaml")
-    p.add_argument("--split", metavar="NAME", help="split name (default: JSON name without 'instances_')")
-    p.add_argument("--include-crowd", action="store_true", help="keep iscrowd=1 annotations as boxes")
-    p.add_argument("--copy-list", action="store_true", help="write <split>.txt of image paths instead of a symlink")
-    p.set_defaults(run=run_convert_coco)
-
-
-def run_convert_coco(args: argparse.Namespace) -> Path:
-    """Run ``convert-coco`` from parsed arguments; prints one summary line and returns the data.yaml path."""
-    r = _convert(args.json, args.images, args.out, args.split, args.include_crowd, not args.copy_list)
-    skipped = sum(r.skipped.values())
-    print(
-        f"converted {r.images} images, {r.boxes} boxes, {r.classes} classes"
-        + (f" ({skipped} annotations skipped)" if skipped else "")
-        + f" -> {r.yaml_file}"
-    )
-    return r.yaml_file
+    return convert_coco_annotations(annotations, images_dir, out_dir, split, include_crowd, link_images).yaml_file

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import cv2
 import numpy as np
@@ -254,7 +254,7 @@ def seed_worker(worker_id: int) -> None:
 
 
 def build_dataloader(
-    dataset: YOLODataset,
+    dataset: Dataset,
     batch_size: int,
     workers: int = 2,
     shuffle: bool = True,
@@ -262,8 +262,11 @@ def build_dataloader(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool | None = None,
+    collate: Callable = collate_fn,
+    drop_last: bool = False,
 ) -> DataLoader:
-    """A DataLoader with worker processes, pinned memory for CUDA, seeded shuffling, and our collate.
+    """A DataLoader with worker processes, pinned memory for CUDA, seeded shuffling, and ``collate``
+    (detection's by default; classification passes its own).
 
     Shuffling goes through a ``DistributedSampler``, also in a single process (``world_size`` 1): the
     order of epoch e is a permutation seeded with ``seed + e`` (call ``loader.sampler.set_epoch(e)``),
@@ -283,8 +286,8 @@ def build_dataloader(
         sampler=sampler,
         num_workers=workers,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        collate_fn=collate_fn,
+        collate_fn=collate,
         worker_init_fn=seed_worker,
         generator=generator,
-        drop_last=False,
+        drop_last=drop_last,
     )

@@ -17,7 +17,6 @@ Layout written under ``out_dir``::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import operator
@@ -34,7 +33,7 @@ import yaml
 
 from ..utils.files import atomic_write
 
-__all__ = ["SYNTH_CLASSES", "make_synthetic_dataset", "add_synth_parser", "run_synth"]
+__all__ = ["SYNTH_CLASSES", "make_synthetic_dataset"]
 
 LOGGER = logging.getLogger("gmyolo")
 
@@ -386,37 +385,3 @@ def make_synthetic_dataset(
         _remove_stale(lbl_dir, ".txt", n, digits)
     LOGGER.debug("synth: wrote %d + %d images to %s in %.1fs", n_train, n_val, out, time.perf_counter() - t0)
     return yaml_path
-
-
-def add_synth_parser(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``synth`` (write the synthetic dataset) on an argparse subparsers object."""
-    p = subparsers.add_parser(
-        "synth",
-        help="write the built-in synthetic shapes dataset",
-        description="Write the synthetic shapes dataset (circle, square, triangle, cross) in YOLO format.",
-    )
-    p.add_argument("--out", default="datasets/synth", help="output folder (default datasets/synth)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files (default 0)")
-    p.add_argument("--n-train", type=int, default=256, help="training images (default 256)")
-    p.add_argument("--n-val", type=int, default=64, help="validation images (default 64)")
-    p.add_argument("--imgsz", type=int, default=256, help="image size in pixels (default 256)")
-    p.add_argument("--max-objects", type=int, default=4, help="most objects per image (default 4)")
-    p.set_defaults(run=run_synth)
-
-
-def run_synth(args: argparse.Namespace) -> Path:
-    """Write the dataset from parsed ``synth`` options, print a one-line summary, return the YAML path."""
-    t0 = time.perf_counter()
-    path = make_synthetic_dataset(
-        args.out,
-        seed=args.seed,
-        n_train=args.n_train,
-        n_val=args.n_val,
-        imgsz=args.imgsz,
-        max_objects=args.max_objects,
-    )
-    print(
-        f"synth: {args.n_train} train + {args.n_val} val images, {len(SYNTH_CLASSES)} classes, "
-        f"in {time.perf_counter() - t0:.1f}s -> {path}"
-    )
-    return path

@@ -1,85 +1,10 @@
-"""Training checkpoints: plain dicts of state dicts and metadata, written atomically, read with weights_only.
+"""Moved to :mod:`gmyolo.tasks.detect.checkpoint` (engine/ holds task-agnostic machinery only);
+kept so that existing imports keep working."""
 
-Contents: ``model`` (float32 state dict), ``ema`` (state dict of the EMA model, or None), ``updates`` (EMA
-updates), ``optimizer``, ``epoch`` (last finished, 0-based), ``best_fitness``, ``hyp``, ``args``,
-``model_yaml`` (the model's YAML as data; backbone weight paths removed), ``names``, ``nc``,
-``version`` and ``date``. No module is ever pickled, so a checkpoint never runs code when loaded.
-"""
-
-from __future__ import annotations
-
-import copy
-import datetime
-import os
-from pathlib import Path
 from typing import Any
 
-import torch
 
-from .. import __version__
-from ..models.groupmixformer import CheckpointError, read_checkpoint
-from ..models.yolo import DetectionModel
-from ..utils.files import atomic_open
+def __getattr__(name: str) -> Any:
+    import importlib
 
-__all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "portable_yaml", "atomic_save"]
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """torch.save to a temp file in the same folder, fsync, then rename over ``path``: never half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as f:
-        torch.save(obj, f)
-    return path
-
-
-def portable_yaml(model_yaml: dict[str, Any]) -> dict[str, Any]:
-    """The model YAML without backbone weight paths: a checkpoint carries its own weights."""
-    d = copy.deepcopy(model_yaml)
-    for layer in d.get("backbone", []) + d.get("head", []):
-        if isinstance(layer, list) and len(layer) == 4 and layer[2] == "GroupMixFormer" and isinstance(layer[3], list):
-            args = layer[3]
-            if len(args) > 2 and not isinstance(args[2], dict):
-                args[2] = None
-            if args and isinstance(args[-1], dict):
-                args[-1].pop("pretrained", None)
-    return d
-
-
-def save_checkpoint(path: str | os.PathLike, model: DetectionModel, **fields: Any) -> Path:
-    state = {
-        "model": {k: v.detach().float() if v.is_floating_point() else v for k, v in model.state_dict().items()},
-        "model_yaml": portable_yaml(model.yaml),
-        "names": [model.names[i] for i in range(model.nc)],
-        "nc": model.nc,
-        "version": __version__,
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        **fields,
-    }
-    return atomic_save(state, path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a gmyolo checkpoint (weights_only); a file that is not one gets a clear CheckpointError."""
-    ckpt = read_checkpoint(path)
-    if isinstance(ckpt, dict) and ckpt.get("task") == "classify":
-        raise CheckpointError(f"{path}: a gmyolo classification checkpoint; use `gmyolo classify val|predict`")
-    if not isinstance(ckpt, dict) or "model_yaml" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(
-            f"{path}: not a gmyolo detector checkpoint (expected 'model' and 'model_yaml'; "
-            "an authors' GroupMixFormer file belongs in --backbone-weights or the model YAML)"
-        )
-    return ckpt
-
-
-def model_from_checkpoint(ckpt: dict[str, Any], use_ema: bool = True) -> DetectionModel:
-    """Rebuild the detector from its YAML and load the EMA weights (or the raw ones)."""
-    model = DetectionModel(ckpt["model_yaml"], nc=ckpt["nc"])
-    state = ckpt.get("ema") if use_ema and ckpt.get("ema") else ckpt["model"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint weights do not fit its own model YAML ({len(missing)} missing, {len(unexpected)} unexpected)"
-        )
-    model.names = dict(enumerate(ckpt.get("names") or [str(i) for i in range(model.nc)]))
-    return model
+    return getattr(importlib.import_module("gmyolo.tasks.detect.checkpoint"), name)

@@ -1,11 +1,11 @@
 """Training on several GPUs or machines with PyTorch DDP, one process per GPU, started by torchrun.
 
-``torchrun --nproc_per_node N -m gmyolo train ...`` sets RANK, LOCAL_RANK and WORLD_SIZE in each
-process; :func:`setup_distributed` turns them into a process group (NCCL on GPUs, gloo on the CPU)
-and this process's device. ``gmyolo train --device 0,1,2,3`` is a shortcut that runs torchrun
-itself (:func:`launch`). Every rank trains on its own share of each batch (``DistributedSampler``);
-DDP averages the gradients, so all ranks hold the same weights; rank 0 alone validates and writes
-logs, plots and checkpoints, and tells the others when to stop.
+``torchrun --nproc_per_node N -m gmyolo train ...`` (or ``classify train``) sets RANK, LOCAL_RANK and
+WORLD_SIZE in each process; :func:`setup_distributed` turns them into a process group (NCCL on GPUs,
+gloo on the CPU) and this process's device. ``gmyolo train --device 0,1,2,3`` is a shortcut that runs
+torchrun itself (:func:`launch`), for every task's trainer. Every rank trains on its own share of
+each batch (``DistributedSampler``); DDP averages the gradients, so all ranks hold the same weights;
+rank 0 alone validates and writes logs, plots and checkpoints, and tells the others when to stop.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import LaunchError
 from .device import check_gpus, parse_gpus, select_device
 
 __all__ = [
@@ -52,10 +53,6 @@ __all__ = [
 LOGGER = logging.getLogger("gmyolo")
 # Rank 0 validates and saves while the other ranks wait at their next collective: allow for long validations.
 TIMEOUT = timedelta(hours=3)
-
-
-class LaunchError(RuntimeError):
-    """torchrun, started by ``--device 0,1,...``, ended with an error (the workers' messages are above it)."""
 
 
 def is_distributed() -> bool:
@@ -166,8 +163,9 @@ def launch_needed(device: str) -> bool:
     return "LOCAL_RANK" not in os.environ and len(parse_gpus(device)) > 1
 
 
-def launch(args: Any, nproc: int | None = None) -> dict[str, Any]:
-    """Train ``args`` (a TrainArgs) in ``nproc`` processes under torchrun on this machine; rank 0's results.
+def launch(args: Any, trainer: type, nproc: int | None = None) -> dict[str, Any]:
+    """Train ``args`` with ``trainer`` (a :class:`gmyolo.engine.trainer.Trainer` subclass) in ``nproc``
+    processes under torchrun on this machine; returns rank 0's results.
 
     ``nproc`` defaults to the number of GPUs in ``args.device`` (which must exist). The arguments go
     to the workers as a YAML file, the results come back as JSON.
@@ -179,9 +177,10 @@ def launch(args: Any, nproc: int | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gmyolo-ddp-") as tmp:
         args_file, result_file = Path(tmp) / "args.yaml", Path(tmp) / "result.json"
         args_file.write_text(yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
-        worker = "from gmyolo.engine.distributed import run_worker; run_worker()"
+        worker = "from gmyolo.engine.trainer import run_worker; run_worker()"
+        entry = f"{trainer.__module__}:{trainer.__qualname__}"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        cmd += ["--no-python", sys.executable, "-c", worker, str(args_file), str(result_file)]
+        cmd += ["--no-python", sys.executable, "-c", worker, entry, str(args_file), str(result_file)]
         LOGGER.info("DDP: starting %d processes: %s", nproc, " ".join(cmd))
         proc = subprocess.Popen(cmd)
         try:
@@ -192,22 +191,3 @@ def launch(args: Any, nproc: int | None = None) -> dict[str, Any]:
         if code != 0:
             raise LaunchError(f"distributed training failed (torchrun exit code {code}); the workers' errors are above")
         return json.loads(result_file.read_text())
-
-
-def run_worker() -> None:
-    """One torchrun process started by :func:`launch`: ``ARGS_YAML RESULT_JSON`` on the command line."""
-    from ..cli.main import USER_ERRORS
-    from .trainer import TrainArgs, train
-
-    args_file, result_file = sys.argv[1:3]
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    try:
-        result = train(TrainArgs(**yaml.safe_load(Path(args_file).read_text())))
-    except KeyboardInterrupt as e:
-        print("gmyolo train: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
-        sys.exit(130)
-    except USER_ERRORS as e:
-        print(f"gmyolo train: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    if is_main_process():
-        Path(result_file).write_text(json.dumps(result, default=float))

@@ -17,16 +17,13 @@ from pathlib import Path
 
 import torch
 
+from ..errors import BatchTooLarge
 from ..utils.files import atomic_write
 from .distributed import get_world_size, is_main_process
 
 __all__ = ["BatchTooLarge", "GracefulInterrupt", "out_of_memory_hint", "tidy_interrupted_run"]
 
 LOGGER = logging.getLogger("gmyolo")
-
-
-class BatchTooLarge(RuntimeError):
-    """A training batch did not fit in memory; the message names the batch and image size."""
 
 
 @contextlib.contextmanager
@@ -61,7 +58,8 @@ class GracefulInterrupt:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
+    def __init__(self, command: str = "gmyolo train") -> None:
+        self.command = command  # how the run was started, for the resume hint
         self.hint = "no checkpoint was saved yet"
         self.depth = 0  # nesting of deferred blocks
         self.pending: int | None = None
@@ -97,7 +95,7 @@ class GracefulInterrupt:
 
     def saved(self, last: Path, epoch: int) -> None:
         """``last`` now holds ``epoch`` (0-based) finished."""
-        how = "the same command and" if get_world_size() > 1 else "gmyolo train"  # DDP: torchrun or --device 0,1
+        how = "the same command and" if get_world_size() > 1 else self.command  # DDP: torchrun or --device 0,1
         self.hint = f"{last} holds epoch {epoch + 1}; continue with: {how} --resume {last}"
 
 

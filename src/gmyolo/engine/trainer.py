@@ -1,19 +1,42 @@
-"""Training: ``train(TrainArgs(...))`` — the loop behind ``gmyolo train`` and ``YOLO(...).train()``.
+"""The training loop every task shares: :class:`Trainer`, with small per-task hooks.
 
-One epoch = warm-up aware learning rate and momentum per iteration, AMP forward (CUDA), YOLOv5 loss,
-gradient accumulation to a nominal batch of 64, gradient clipping, EMA update; then validation of the
-EMA model, ``results.csv``, and atomic ``last.pt`` / ``best.pt``.
+The base class owns, once for every task: resuming, the run folder, Ctrl-C/SIGTERM and out-of-memory
+handling, tidying an interrupted run, the epoch loop (autocast, GradScaler, gradient accumulation,
+clipping, the NaN stop, EMA), the order in which an epoch's results land (the ``results.csv`` row,
+then ``best.pt``, then ``last.pt``, each written atomically, so ``last.pt`` is never ahead of the
+CSV and a killed run loses at most its unfinished epoch), early stopping agreed by all ranks, DDP and
+TensorBoard scalars.
+
+A task (``gmyolo.tasks.detect.train``, ``gmyolo.tasks.classify.train``) subclasses it and supplies:
+
+=========================  ======================================================================
+``load_checkpoint``        read and check one of its checkpoints (resume)
+``setup``                  what the model needs first (dataset config, hyper-parameters, classes)
+``build_model``            the model (new, from weights, or from the resumed checkpoint)
+``build_loaders``          the training and validation loaders
+``build_optimizer``        the optimizer with its parameter groups (no decay: ``no_weight_decay()``)
+``build_scheduler``        the learning-rate schedule; ``adjust_lr`` / ``step_epoch`` drive it
+``build_ema``              an EMA of the weights (:func:`gmyolo.engine.ema.make_ema`) or None
+``preprocess``             a loader batch -> images, targets, paths on the device
+``loss``                   model outputs, targets -> (loss to backpropagate, items to report)
+``validate``               -> :class:`Evaluation` (fitness, results.csv values, a summary line)
+``epoch_row``              the results.csv row of an epoch
+``checkpoint_fields``      what a checkpoint holds besides the common training state
+``save_checkpoint``        write one (atomically)
+``final_eval``             evaluate ``best.pt`` once training ends; the results returned
+=========================  ======================================================================
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
+import importlib
+import json
 import logging
-import math
-import os
+import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +44,10 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from ..data.config import DatasetConfig, load_dataset_config
-from ..data.dataset import build_dataloader, create_dataset
-from ..data.plots import plot_batch, plot_labels
-from ..models.groupmixformer import GroupMixFormer
-from ..models.yolo import DetectionModel
-from .autoanchor import check_anchors
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..errors import USER_ERRORS, TrainingDiverged
+from ..utils.files import atomic_write
 from .distributed import (
     broadcast_object,
     get_rank,
@@ -38,531 +55,408 @@ from .distributed import (
     is_main_process,
     launch,
     launch_needed,
-    main_process_first,
     mean_over_ranks,
     per_rank_batch,
     setup_distributed,
     wrap_model,
 )
 from .faults import GracefulInterrupt, out_of_memory_hint, tidy_interrupted_run
-from .hyp import resolve_hyp
 from .loggers import tensorboard_logger
-from .loss import ComputeLoss, scale_loss_gains
 from .plots import plot_results
-from .validator import ValResults, format_table, save_validation_plots, validate
+from .runs import find_last_checkpoint, increment_path, write_csv_row
 
-__all__ = ["TrainArgs", "TrainingDiverged", "train", "build_optimizer", "increment_path"]
+__all__ = ["Trainer", "Evaluation", "TrainingDiverged", "run_worker"]
 
 LOGGER = logging.getLogger("gmyolo")
-CSV_COLUMNS = [
-    "epoch",
-    "train/box_loss",
-    "train/obj_loss",
-    "train/cls_loss",
-    "metrics/precision",
-    "metrics/recall",
-    "metrics/mAP_0.5",
-    "metrics/mAP_0.5:0.95",
-    "val/box_loss",
-    "val/obj_loss",
-    "val/cls_loss",
-    "x/lr_weights",
-    "x/lr_norms",
-    "x/lr_biases",
-]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message says where, and which checkpoint is still good."""
+MACHINE_OPTIONS = ("device", "workers", "progress")  # what --resume may change: where it runs, not what
 
 
 @dataclass
-class TrainArgs:
-    data: str = "synth"  # dataset YAML, or 'synth' for the built-in synthetic dataset
-    model: str = "yolov5n-gmf-nano"  # model YAML (packaged name or path)
-    weights: str | None = None  # a gmyolo checkpoint to start from (weights copied where shapes fit)
-    backbone_weights: str | None = None  # the authors' GroupMixFormer checkpoint for the backbone
-    # Defaults: the quick start (`gmyolo train`: the nano detector on the synthetic data, ~8 CPU minutes).
-    epochs: int = 25
-    imgsz: int = 160
-    batch: int = 16
-    nbs: int = 16  # nominal batch: gradients accumulate over nbs/batch batches per step (YOLOv5: 64)
-    device: str = ""
-    workers: int = 2
-    project: str = "runs/train"
-    name: str = "exp"
-    exist_ok: bool = False
-    resume: str | None = None  # path of last.pt (or 'last' for the most recent run)
-    optimizer: str = "auto"  # auto: AdamW for transformer backbones, SGD otherwise
-    cos_lr: bool = False  # cosine instead of linear learning-rate decay
-    patience: int = 50  # early stop after this many epochs without a better fitness
-    freeze: int = 0  # freeze the first N layers
-    freeze_stages: int = 0  # freeze the stem and first N GroupMixFormer stages
-    close_mosaic: int = 5  # no mosaic for the last N epochs
-    seed: int = 0
-    amp: bool = True  # mixed precision on CUDA
-    sync_bn: bool = False  # BatchNorm statistics over all GPUs (DDP)
-    cache: bool = False  # keep decoded training images in RAM
-    hyp: dict[str, float] | str = field(default_factory=dict)  # overrides, or a packaged set's name or a YAML path
-    noautoanchor: bool = False  # keep the model's anchors even when they fit the labels badly
-    tensorboard: bool = True  # also log to TensorBoard when it is installed
-    synth_dir: str = "datasets/synth"  # where 'synth' data is generated if missing
-    plots: bool = True
-    progress: bool = True
+class Evaluation:
+    """One validation: ``fitness`` decides the best epoch (higher is better; tuples compare in order),
+    ``values`` are its results.csv columns, ``text`` its part of the epoch's log line."""
 
-    def check(self) -> None:
-        for name in ("epochs", "imgsz", "batch", "nbs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("workers", "patience", "freeze", "freeze_stages", "close_mosaic"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
-        if self.optimizer.lower() not in ("auto", "sgd", "adamw"):
-            raise ValueError(f"--optimizer must be auto, SGD or AdamW, got {self.optimizer!r}")
+    fitness: float | tuple[float, ...]
+    values: dict[str, float]
+    text: str
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # saved in the checkpoint
 
 
-def increment_path(path: Path, exist_ok: bool = False) -> Path:
-    """runs/train/exp -> runs/train/exp2, exp3, ... unless exist_ok."""
-    if exist_ok or not path.exists():
-        return path
-    for n in range(2, 10_000):
-        candidate = path.with_name(f"{path.name}{n}")
-        if not candidate.exists():
-            return candidate
-    raise RuntimeError(f"too many runs named {path}")
+class Trainer:
+    """Trains ``args`` (the task's options dataclass); ``train()`` runs it and returns the final results.
 
-
-def resolve_data(args: TrainArgs) -> DatasetConfig:
-    if args.data == "synth":
-        from ..data.synth import make_synthetic_dataset
-
-        yaml_file = Path(args.synth_dir) / "data.yaml"
-        if not yaml_file.is_file():
-            LOGGER.info("generating the built-in synthetic dataset in %s", args.synth_dir)
-            yaml_file = make_synthetic_dataset(args.synth_dir, seed=0)
-        return load_dataset_config(yaml_file, require=("train", "val"))
-    return load_dataset_config(args.data, require=("train", "val"))
-
-
-def backbones(model: DetectionModel) -> list[GroupMixFormer]:
-    return [m for m in model.model if isinstance(m, GroupMixFormer)]
-
-
-def build_optimizer(
-    model: DetectionModel, name: str, hyp: dict[str, float], batch: int, accumulate: int, nbs: int = 64
-) -> torch.optim.Optimizer:
-    """Parameter groups as detectors need them.
-
-    No weight decay on norm weights, biases and position-encoding convs (GroupMixFormer's cpe/crpe);
-    biases in their own group (their own warm-up); a pretrained backbone at ``backbone_lr_ratio`` × lr.
+    Attributes a hook may use once set: ``args``, ``device``, ``rank_batch`` (this process's share of each
+    batch), ``model`` (what is saved), ``train_model`` (what runs the forward: DDP or ``model``),
+    ``optimizer``, ``scheduler``, ``ema``, ``train_loader``, ``val_loader``, ``save_dir``, ``epoch``.
     """
-    use_adamw = name.lower() == "adamw" or (name.lower() == "auto" and backbones(model))
-    lr0 = hyp["lr0_adamw"] if use_adamw else hyp["lr0"]
-    weight_decay = hyp["weight_decay_adamw"] if use_adamw else hyp["weight_decay"] * batch * accumulate / nbs
-    pretrained_ids = {id(p) for b in backbones(model) if getattr(b, "pretrained_loaded", False) for p in b.parameters()}
-    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for pname, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        if pname.endswith(".bias"):
-            kind = "bias"
-        elif p.ndim <= 1 or ".cpe." in pname or ".crpe." in pname:
-            kind = "no_decay"
-        else:
-            kind = "decay"
-        groups.setdefault((kind, id(p) in pretrained_ids), []).append(p)
-    param_groups = []
-    for (kind, pretrained), params in sorted(groups.items()):
-        scale = hyp["backbone_lr_ratio"] if pretrained else 1.0
-        param_groups.append(
-            {
-                "params": params,
-                "lr": lr0 * scale,
-                "initial_lr": lr0 * scale,
-                "lr_scale": scale,
-                "kind": kind,
-                "weight_decay": weight_decay if kind == "decay" else 0.0,
-            }
-        )
-    if use_adamw:
-        opt = torch.optim.AdamW(param_groups, lr=lr0, betas=(hyp["momentum"], 0.999))
-    else:
-        opt = torch.optim.SGD(param_groups, lr=lr0, momentum=hyp["momentum"], nesterov=True)
-    n = {k: sum(len(g["params"]) for g in param_groups if g["kind"] == k) for k in ("decay", "no_decay", "bias")}
-    LOGGER.info(
-        "optimizer: %s(lr=%g) with parameter groups %d weight (decay=%.2g), %d norm/position (no decay), "
-        "%d bias (no decay)%s",
-        type(opt).__name__,
-        lr0,
-        n["decay"],
-        weight_decay,
-        n["no_decay"],
-        n["bias"],
-        f"; pretrained backbone at {hyp['backbone_lr_ratio']:g}x lr" if pretrained_ids else "",
-    )
-    return opt
 
+    args_type: type  # the task's options dataclass
+    command = "gmyolo train"  # how the user starts it (messages, resume hints)
+    loss_names: Sequence[str] = ("loss",)  # the items ``loss`` returns, in order
+    diverged_hint = "Try a lower learning rate or --no-amp."
 
-def make_ema(model: nn.Module, decay: float, tau: float) -> AveragedModel:
-    """EMA of weights and buffers; the decay ramps up as decay·(1 − exp(−updates/tau)) (YOLOv5)."""
+    def __init__(self, args: Any):
+        self.args = args
+        self.ckpt: dict[str, Any] | None = None  # the checkpoint resumed from
+        self.ema: nn.Module | None = None
+        self.scheduler: Any = None
+        self.accumulate = 1  # batches per optimizer step
+        self.clip_norm = 0.0  # max gradient norm (0: no clipping)
+        self.tb = None
+        self.epoch_seconds: list[float] = []  # wall time of each epoch trained in this process
 
-    def ema_avg(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        if not averaged.is_floating_point():
-            return current
-        d = decay * (1 - math.exp(-float(num_averaged) / tau))
-        return averaged * d + current * (1 - d)
+    # ---- hooks ----------------------------------------------------------------------------------
+    def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        raise NotImplementedError
 
-    return AveragedModel(model, avg_fn=ema_avg, use_buffers=True)
+    def setup(self) -> None:
+        """Before the model (device and process group set up): resolve data and settings (``self.ckpt``
+        is set when resuming)."""
 
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
 
-def learning_rate_factor(args: TrainArgs, hyp: dict[str, float]):
-    lrf = hyp["lrf"]
-    if args.cos_lr:
-        return lambda e: ((1 - math.cos(e * math.pi / args.epochs)) / 2) * (lrf - 1) + 1
-    return lambda e: (1 - e / args.epochs) * (1.0 - lrf) + lrf
+    def build_loaders(self) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+        raise NotImplementedError
 
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        raise NotImplementedError
 
-def stride_multiple(imgsz: int, stride: int) -> int:
-    size = math.ceil(imgsz / stride) * stride
-    if size != imgsz:
-        LOGGER.warning("--imgsz %d is not a multiple of the largest stride %d; using %d", imgsz, stride, size)
-    return size
+    def build_scheduler(self) -> Any:
+        return None
 
+    def build_ema(self) -> nn.Module | None:
+        return None
 
-def train(args: TrainArgs) -> dict[str, Any]:
-    """Train a detector; returns the final metrics and the paths of the run folder and best checkpoint.
+    def restore(self, ckpt: dict[str, Any]) -> None:
+        """Resuming: task state beyond the optimizer, EMA, epoch and RNG (e.g. the schedule's position)."""
 
-    ``device='0,1,...'`` trains on those GPUs, one process each, through torchrun (see
-    :mod:`gmyolo.engine.distributed`); under torchrun every process calls this and rank 0 reports.
-    """
-    if launch_needed(args.device):
-        args.check()  # fail here rather than in every process
-        return launch(args)
-    with GracefulInterrupt() as interrupt:
-        return run_training(args, interrupt)
+    def on_train_start(self) -> None:
+        """Once, before the first epoch of a new run (rank 0): files describing the run."""
 
+    def start_epoch(self, epoch: int) -> None:
+        """Before each epoch's batches (per-epoch data state, seeds)."""
 
-def run_training(args: TrainArgs, interrupt: GracefulInterrupt) -> dict[str, Any]:
-    ckpt = None
-    if args.resume:
+    def preprocess(self, batch: Any) -> tuple[Any, Any, Sequence[str]] | None:
+        """A loader batch -> (images, targets, paths) on the device; None skips the batch."""
+        raise NotImplementedError
+
+    def adjust_lr(self, ni: int, epoch: int) -> None:
+        """Before every batch: ``ni`` counts batches from the start of the run (warm-up, per-step schedules)."""
+
+    def step_epoch(self) -> None:
+        """After an epoch's batches (their learning rates are recorded first): per-epoch schedules."""
+
+    def loss(self, preds: Any, targets: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def progress_text(self, mean_loss: torch.Tensor, images: torch.Tensor, targets: Any) -> str:
+        return " ".join(f"{n} {v:.4f}" for n, v in zip(self.loss_names, mean_loss.tolist()))
+
+    def on_batch_end(self, i: int, images: torch.Tensor, targets: Any, paths: Sequence[str]) -> None:
+        """After each training batch (rank 0 and other ranks alike)."""
+
+    def validate(self) -> Evaluation:
+        raise NotImplementedError
+
+    def epoch_row(self, epoch: int, mean_loss: torch.Tensor, ev: Evaluation, lrs: list[dict], seconds: float) -> dict:
+        """The results.csv row of ``epoch`` (0-based): column -> value; ``lrs`` are the param groups' lr and kind."""
+        row = {"epoch": epoch + 1}
+        row.update({f"train/{n}": v for n, v in zip(self.loss_names, mean_loss.tolist())})
+        row.update(ev.values)
+        row["lr"] = lrs[0]["lr"]
+        return row
+
+    def log_images(self, epoch: int) -> None:
+        """TensorBoard pictures of an epoch (``self.tb`` is set)."""
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {}
+
+    def save_checkpoint(self, path: Path, **fields: Any) -> Path:
+        raise NotImplementedError
+
+    def final_eval(self, best: Path) -> dict[str, Any]:
+        return {}
+
+    # ---- the run --------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Train; with several GPUs named and outside torchrun, start torchrun and return rank 0's results."""
+        if launch_needed(getattr(self.args, "device", "")):
+            self.args.check()  # fail here rather than in every process
+            return launch(self.args, type(self))
+        with GracefulInterrupt(self.command) as interrupt:
+            self.interrupt = interrupt
+            return self.run()
+
+    def resume_args(self) -> None:
+        """Resuming: read the checkpoint; the run's own options, except where this machine differs."""
+        args = self.args
         last = find_last_checkpoint(args.project) if args.resume == "last" else Path(args.resume)
-        ckpt = load_checkpoint(last)
-        saved = {k: v for k, v in ckpt["args"].items() if k in {f.name for f in dataclasses.fields(TrainArgs)}}
-        keep = {"device": args.device, "workers": args.workers, "progress": args.progress}
-        args = TrainArgs(**{**saved, **{k: v for k, v in keep.items() if v is not None}})
-        args.resume = str(last)
-        save_dir = last.parent.parent
-        LOGGER.info("resuming %s from epoch %d", save_dir, ckpt["epoch"] + 2)
-    args.check()
-    hyp_values = resolve_hyp(ckpt["hyp_overrides"] if ckpt is not None else args.hyp)  # bad keys fail before work
-    device = setup_distributed(args.device, args.sync_bn)
-    rank_batch = per_rank_batch(args.batch)  # this process's share of each batch
-    torch.manual_seed(args.seed)
-    np.random.seed(args.seed)
-    with main_process_first():  # rank 0 generates the synthetic data, once
-        data = resolve_data(args)
+        self.ckpt = self.load_checkpoint(last)
+        fields = {f.name: f for f in dataclasses.fields(type(args))}
+        saved = {k: v for k, v in self.ckpt["args"].items() if k in fields}
+        # This machine's settings where the caller gave them; otherwise the run's own (its device, workers).
+        defaults = type(args)()
+        keep = {
+            k: getattr(args, k) for k in MACHINE_OPTIONS if k in fields and getattr(args, k) != getattr(defaults, k)
+        }
+        self.args = type(args)(**{**saved, **keep, "resume": str(last)})
+        self.save_dir = last.parent.parent
+        LOGGER.info("resuming %s from epoch %d", self.save_dir, self.ckpt["epoch"] + 2)
 
-    # ---- model -----------------------------------------------------------------------------------
-    if ckpt is not None:
-        model = model_from_checkpoint(ckpt, use_ema=False)
-    else:
-        model = DetectionModel(args.model, nc=data.nc)
-        if args.weights:
-            transfer_weights(model, load_checkpoint(args.weights))
-        if args.backbone_weights:
-            if not backbones(model):
-                raise ValueError(f"--backbone-weights: model {args.model} has no GroupMixFormer backbone")
-            for b in backbones(model):
-                b.load_pretrained(args.backbone_weights)
-    model.names = dict(enumerate(data.names))
-    freeze_layers(model, args.freeze, args.freeze_stages)
-    model.to(device)
-    stride = int(model.stride.max())
-    imgsz = stride_multiple(args.imgsz, stride)
+    def run(self) -> dict[str, Any]:
+        if self.args.resume:
+            self.resume_args()
+        args, ckpt = self.args, self.ckpt
+        args.check()
+        self.device = setup_distributed(args.device, getattr(args, "sync_bn", False))
+        self.rank_batch = per_rank_batch(args.batch)
+        self.seed()
+        self.setup()
+        self.model = self.build_model().to(self.device)
+        self.train_loader, self.val_loader = self.build_loaders()
+        self.optimizer = self.build_optimizer()
+        self.scheduler = self.build_scheduler()
+        self.ema = self.build_ema()
+        self.start, self.best_fitness = 0, None
+        if ckpt is not None:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            if self.ema is not None and ckpt.get("ema"):
+                self.ema.module.load_state_dict(ckpt["ema"])
+                self.ema.n_averaged.fill_(ckpt["updates"])
+            self.start, self.best_fitness = ckpt["epoch"] + 1, as_fitness(ckpt["best_fitness"])
+            if ckpt.get("rng_state") is not None:
+                torch.set_rng_state(ckpt["rng_state"])  # stochastic depth / dropout continue as if never stopped
+            self.restore(ckpt)
+            if self.start >= args.epochs:
+                raise ValueError(f"{args.resume}: that run already finished its {args.epochs} epochs")
+        else:
+            self.save_dir = broadcast_object(increment_path(Path(args.project) / args.name, args.exist_ok))
+        self.weights_dir = self.save_dir / "weights"
+        self.weights_dir.mkdir(parents=True, exist_ok=True)
+        self.train_model = wrap_model(self.model, self.device, getattr(args, "sync_bn", False))
+        if ckpt is None and is_main_process():
+            atomic_write(self.save_dir / "args.yaml", yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
+            self.on_train_start()
+        self.tb = tensorboard_logger(self.save_dir, getattr(args, "tensorboard", True) and is_main_process())
+        self.csv_file = self.save_dir / "results.csv"
+        if ckpt is not None and is_main_process():
+            tidy_interrupted_run(self.save_dir, self.start)
+        self.log_start()
+        try:
+            last_epoch = self.train_epochs()
+        finally:
+            if self.tb is not None:
+                self.tb.close()
+        if not is_main_process():
+            return {"save_dir": str(self.save_dir), "rank": get_rank(), "epochs_trained": last_epoch + 1}
+        best = self.weights_dir / "best.pt"
+        results = self.final_eval(best)
+        if getattr(args, "plots", True):
+            plot_results(self.csv_file)
+        LOGGER.info("results saved to %s", self.save_dir)
+        return {
+            "save_dir": str(self.save_dir),
+            "best": str(best),
+            "last": str(self.weights_dir / "last.pt"),
+            **results,
+            "epochs_trained": last_epoch + 1,
+        }
 
-    hyp = scale_loss_gains(hyp_values, data.nc, model.detect.nl, imgsz)
-    accumulate = max(round(args.nbs / args.batch), 1)
-    optimizer = build_optimizer(model, args.optimizer, hyp, args.batch, accumulate, args.nbs)
-    lf = learning_rate_factor(args, hyp)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda=lf)
-    ema = make_ema(model, hyp["ema_decay"], hyp["ema_tau"])
-    start_epoch, best_fitness = 0, -1.0
-    if ckpt is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-        ema.module.load_state_dict(ckpt["ema"])
-        ema.n_averaged.fill_(ckpt["updates"])
-        start_epoch, best_fitness = ckpt["epoch"] + 1, ckpt["best_fitness"]
-        scheduler.last_epoch = start_epoch  # as if stepped once per finished epoch
-        torch.set_rng_state(ckpt["rng_state"])  # stochastic depth / dropout continue as if never stopped
-        if start_epoch >= args.epochs:
-            raise ValueError(f"{args.resume}: that run already finished its {args.epochs} epochs")
-    else:
-        save_dir = broadcast_object(increment_path(Path(args.project) / args.name, args.exist_ok))  # rank 0's
-    weights_dir = save_dir / "weights"
-    weights_dir.mkdir(parents=True, exist_ok=True)
+    def seed(self) -> None:
+        """The run's seed, for what draws from the global generators (initial weights, stochastic depth)."""
+        torch.manual_seed(self.args.seed)
+        np.random.seed(self.args.seed % 2**32)
 
-    # ---- data ------------------------------------------------------------------------------------
-    with main_process_first():  # rank 0 checks the labels and writes their cache; the others read it
-        train_set, _ = create_dataset(
-            data,
-            "train",
-            imgsz,
-            augment=True,
-            hyp=hyp,
-            batch_size=args.batch,
-            stride=stride,
-            cache_images=args.cache,
-            seed=args.seed,
+    def log_start(self) -> None:
+        LOGGER.info(
+            "training %s for %d epochs: %d train / %d val images, batch %d (accumulate %d), device %s; results in %s",
+            self.args.model,
+            self.args.epochs,
+            len(self.train_loader.dataset),
+            len(self.val_loader.dataset),
+            self.args.batch,
+            self.accumulate,
+            self.device,
+            self.save_dir,
         )
-    if ckpt is None and not args.noautoanchor:  # a resumed run keeps the anchors it was trained with
-        check_anchors(train_set.records, model, hyp["anchor_t"], imgsz, seed=args.seed)
-        ema.module.detect.anchors.copy_(model.detect.anchors)  # the EMA copy was made before the check
-    with main_process_first():
-        val_set, _ = create_dataset(data, "val", imgsz, rect=True, batch_size=args.batch * 2, stride=stride)
-    pin = device.type == "cuda"
-    train_loader = build_dataloader(
-        train_set,
-        rank_batch,
-        args.workers,
-        seed=args.seed,
-        rank=get_rank(),
-        world_size=get_world_size(),
-        pin_memory=pin,
-    )
-    val_loader = build_dataloader(val_set, args.batch * 2, args.workers, shuffle=False, pin_memory=pin)
-    compute_loss = ComputeLoss(model.detect, hyp, distributed=get_world_size() > 1)
-    val_loss = ComputeLoss(model.detect, hyp)  # rank 0 alone validates: no collectives
-    train_model = wrap_model(model, device, args.sync_bn)  # DDP runs the forward; `model` is what is saved
 
-    if ckpt is None and is_main_process():
-        (save_dir / "args.yaml").write_text(yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
-        (save_dir / "hyp.yaml").write_text(yaml.safe_dump(hyp_values, sort_keys=False))  # reusable as --hyp
-        if args.plots:
-            plot_labels(np.concatenate([r.labels for r in train_set.records]), data.names, save_dir / "labels.jpg")
+    @property
+    def amp(self) -> bool:
+        return bool(getattr(self.args, "amp", True)) and self.device.type == "cuda"
 
-    tb = tensorboard_logger(save_dir, args.tensorboard and is_main_process())
-    nb = len(train_loader)
-    total_iters = args.epochs * nb
-    warmup_iters = min(max(round(hyp["warmup_epochs"] * nb), 100), total_iters // 2) if hyp["warmup_epochs"] else 0
-    use_amp = args.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    uses_sgd = isinstance(optimizer, torch.optim.SGD)
-    csv_file = save_dir / "results.csv"
-    if ckpt is not None and is_main_process():
-        tidy_interrupted_run(save_dir, start_epoch)
-    stopper_best_epoch = start_epoch - 1
-    LOGGER.info(
-        "training %s on %s for %d epochs: %d train / %d val images at %d px, batch %d (accumulate %d), device %s;"
-        " results in %s",
-        args.model,
-        data.yaml_file or "dataset",
-        args.epochs,
-        len(train_set),
-        len(val_set),
-        imgsz,
-        args.batch,
-        accumulate,
-        device,
-        save_dir,
-    )
-    t_start = time.time()
-    last_results: ValResults | None = None
-    epoch = start_epoch
-    for epoch in range(start_epoch, args.epochs):
+    def train_epochs(self) -> int:
+        """The epoch loop; returns the last epoch run (0-based)."""
+        args = self.args
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        best_epoch = self.start - 1
+        t_start = time.time()
+        epoch = self.start
+        for epoch in range(self.start, args.epochs):
+            self.epoch = epoch
+            t_epoch = time.time()
+            mean_loss = mean_over_ranks(self.train_one_epoch(epoch, scaler))  # the global batch's, as logged
+            lrs = [{"lr": g["lr"], "kind": g.get("kind")} for g in self.optimizer.param_groups]
+            self.step_epoch()
+            if not is_main_process():  # rank 0 validates and saves; the others wait for whether to go on
+                if broadcast_object(None):
+                    break
+                continue
+
+            ev = self.validate()
+            seconds = time.time() - t_epoch
+            self.epoch_seconds.append(seconds)
+            row = self.epoch_row(epoch, mean_loss, ev, lrs, seconds)
+            write_csv_row(self.csv_file, row)
+            if self.tb is not None:
+                self.tb.log_scalars({k: v for k, v in row.items() if k != "epoch"}, epoch + 1)
+                self.log_images(epoch + 1)
+                self.tb.flush()  # an interrupted run keeps every finished epoch
+            LOGGER.info(
+                "epoch %d/%d: %s | %s | %.1f s", epoch + 1, args.epochs, self.loss_text(mean_loss), ev.text, seconds
+            )
+            improved = self.best_fitness is None or ev.fitness > self.best_fitness
+            if improved:
+                self.best_fitness, best_epoch = ev.fitness, epoch
+            state = dict(
+                epoch=epoch,
+                best_fitness=list(self.best_fitness) if isinstance(self.best_fitness, tuple) else self.best_fitness,
+                ema=self.ema.module.state_dict() if self.ema is not None else None,
+                updates=int(self.ema.n_averaged) if self.ema is not None else 0,
+                optimizer=self.optimizer.state_dict(),
+                args=dataclasses.asdict(args),
+                metrics=ev.metrics,
+                rng_state=torch.get_rng_state(),
+                **self.checkpoint_fields(),
+            )
+            last = self.weights_dir / "last.pt"
+            with (
+                self.interrupt.deferred()
+            ):  # Ctrl-C waits for the checkpoints; best.pt first, so last.pt is never ahead
+                if improved:
+                    self.save_checkpoint(self.weights_dir / "best.pt", **state)
+                self.save_checkpoint(last, **state)
+                self.interrupt.saved(last, epoch)
+            stop = bool(args.patience and epoch - best_epoch >= args.patience)
+            if broadcast_object(stop):  # every rank stops with rank 0
+                LOGGER.info(
+                    "early stop: no improvement in the last %d epochs (best: epoch %d)", args.patience, best_epoch + 1
+                )
+                break
+        if is_main_process():
+            LOGGER.info("%d epochs completed in %.3f hours", epoch - self.start + 1, (time.time() - t_start) / 3600)
+        return epoch
+
+    def loss_text(self, mean_loss: torch.Tensor) -> str:
+        return "loss " + " ".join(f"{n} {v:.4f}" for n, v in zip(self.loss_names, mean_loss.tolist()))
+
+    def train_one_epoch(self, epoch: int, scaler: torch.amp.GradScaler) -> torch.Tensor:
+        """One pass over the training loader; returns the mean of each loss item."""
+        args, model, optimizer = self.args, self.model, self.optimizer
         model.train()
-        train_set.set_epoch(epoch)
-        train_loader.sampler.set_epoch(epoch)  # the same order for an epoch, resumed or not
-        if args.close_mosaic and epoch == max(args.epochs - args.close_mosaic, 0):
-            LOGGER.info("closing mosaic for the last %d epochs", args.epochs - epoch)
-        if args.close_mosaic and epoch >= args.epochs - args.close_mosaic:
-            train_set.close_mosaic()
-        mean_loss = torch.zeros(3)
+        self.start_epoch(epoch)
+        nb = len(self.train_loader)
+        mean_loss = torch.zeros(len(self.loss_names))
         optimizer.zero_grad()
         bar = tqdm(
-            train_loader,
+            self.train_loader,
             total=nb,
             disable=not (args.progress and is_main_process()),
             dynamic_ncols=True,
             bar_format="{l_bar}{bar:10}{r_bar}",
         )
-        for i, (images, targets, paths, _) in enumerate(bar):
+        n_done = 0
+        for i, batch in enumerate(bar):
             ni = i + nb * epoch
-            images = images.to(device, non_blocking=True).float() / 255
-            targets = targets.to(device)
-            if ni <= warmup_iters:
-                xi = [0, warmup_iters]
-                for g in optimizer.param_groups:
-                    start = hyp["warmup_bias_lr"] * g["lr_scale"] if (g["kind"] == "bias" and uses_sgd) else 0.0
-                    g["lr"] = float(np.interp(ni, xi, [start, g["initial_lr"] * lf(epoch)]))
-                    momentum = float(np.interp(ni, xi, [hyp["warmup_momentum"], hyp["momentum"]]))
-                    if uses_sgd:
-                        g["momentum"] = momentum
-                    else:
-                        g["betas"] = (momentum, g["betas"][1])
-            with torch.autocast(device.type, enabled=use_amp), out_of_memory_hint(args.batch, rank_batch, images):
-                preds = train_model(images)
-                loss, loss_items = compute_loss(preds, targets)
+            self.adjust_lr(ni, epoch)
+            prepared = self.preprocess(batch)
+            if prepared is None:
+                continue
+            images, targets, paths = prepared
+            with torch.autocast(self.device.type, enabled=self.amp), self.memory_hint(images):
+                preds = self.train_model(images)
+                loss, loss_items = self.loss(preds, targets)
             loss_all = mean_over_ranks(loss)  # a NaN on any rank stops them all
             if not torch.isfinite(loss_all):
+                last = self.weights_dir / "last.pt"
                 raise TrainingDiverged(
                     f"the loss became {loss_all.item()} at epoch {epoch + 1}, batch {i + 1} ({paths[0]} ...); stopped. "
-                    f"The last good checkpoint is {weights_dir / 'last.pt'}"
-                    + ("" if (weights_dir / "last.pt").exists() else " (none saved yet)")
-                    + ". Try a lower learning rate (--hyp lr0=...) or --no-amp."
+                    f"The last good checkpoint is {last}"
+                    + ("" if last.exists() else " (none saved yet)")
+                    + f". {self.diverged_hint}"
                 )
-            with out_of_memory_hint(args.batch, rank_batch, images):
+            with self.memory_hint(images):
                 scaler.scale(loss).backward()
-            if (ni + 1) % accumulate == 0 or i == nb - 1:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=hyp["grad_clip"])
+            if (ni + 1) % self.accumulate == 0 or i == nb - 1:
+                if self.clip_norm:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), max_norm=self.clip_norm)
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad()
-                ema.update_parameters(model)
-            mean_loss = (mean_loss * i + loss_items.cpu()) / (i + 1)
+                if self.ema is not None:
+                    self.ema.update_parameters(model)
+            mean_loss = (mean_loss * n_done + loss_items.detach().float().cpu()) / (n_done + 1)
+            n_done += 1
             if args.progress:
-                mem = f"{torch.cuda.memory_reserved(device) / 1e9:.1f}G" if device.type == "cuda" else "cpu"
-                bar.set_description(
-                    f"{epoch + 1}/{args.epochs} {mem} box {mean_loss[0]:.4f} obj {mean_loss[1]:.4f} "
-                    f"cls {mean_loss[2]:.4f} inst {len(targets)} size {images.shape[-1]}"
-                )
-            if epoch == start_epoch and i < 3 and args.plots and ckpt is None and is_main_process():
-                plotted = plot_batch(
-                    images.mul(255).byte().cpu(), targets.cpu(), data.names, save_dir / f"train_batch{i}.jpg", paths
-                )
-                if tb is not None:
-                    tb.log_image(plotted.stem, plotted, epoch + 1)
+                mem = f"{torch.cuda.memory_reserved(self.device) / 1e9:.1f}G" if self.device.type == "cuda" else "cpu"
+                bar.set_description(f"{epoch + 1}/{args.epochs} {mem} {self.progress_text(mean_loss, images, targets)}")
+            self.on_batch_end(i, images, targets, paths)
         bar.close()
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        lr_by_kind = {g["kind"]: g["lr"] for g in optimizer.param_groups}
-        scheduler.step()
-        if not is_main_process():  # rank 0 validates and saves; the others wait for whether to go on
-            if broadcast_object(None):
-                break
-            continue
+        return mean_loss
 
-        last_results = validate(
-            ema.module, val_loader, data.names, device, compute_loss=val_loss, progress=args.progress
-        )
-        fit = last_results.fitness
-        m = last_results.metrics
-        row = [
-            epoch + 1,
-            *mean_loss.tolist(),
-            m.mp,
-            m.mr,
-            m.map50,
-            m.map,
-            *last_results.loss.tolist(),
-            lr_by_kind.get("decay", lrs[0]),
-            lr_by_kind.get("no_decay", lrs[0]),
-            lr_by_kind.get("bias", lrs[0]),
-        ]
-        write_csv_row(csv_file, row)
-        if tb is not None:
-            tb.log_epoch(epoch + 1, dict(zip(CSV_COLUMNS[1:], row[1:])), ema.module, val_loader, data.names)
-        LOGGER.info(
-            "epoch %d/%d: loss box %.4f obj %.4f cls %.4f | P %.3f R %.3f mAP50 %.3f mAP50-95 %.3f",
-            epoch + 1,
-            args.epochs,
-            *mean_loss.tolist(),
-            m.mp,
-            m.mr,
-            m.map50,
-            m.map,
-        )
-        improved = fit > best_fitness
-        if improved:
-            best_fitness, stopper_best_epoch = fit, epoch
-        state = dict(
-            epoch=epoch,
-            best_fitness=best_fitness,
-            ema=ema.module.state_dict(),
-            updates=int(ema.n_averaged),
-            optimizer=optimizer.state_dict(),
-            hyp=hyp,
-            hyp_overrides=hyp_values,  # all values, before the gain scaling: resume resolves them again
-            args=dataclasses.asdict(args),
-            metrics=last_results.as_dict(),
-            data=data.to_dict(),
-            rng_state=torch.get_rng_state(),
-        )
-        with interrupt.deferred():  # Ctrl-C waits for the checkpoints; best.pt first, so last.pt is never ahead
-            if improved:
-                save_checkpoint(weights_dir / "best.pt", model, **state)
-            save_checkpoint(weights_dir / "last.pt", model, **state)
-            interrupt.saved(weights_dir / "last.pt", epoch)
-        if broadcast_object(bool(args.patience and epoch - stopper_best_epoch >= args.patience)):  # all ranks stop
-            LOGGER.info(
-                "early stop: no improvement in the last %d epochs (best: epoch %d)",
-                args.patience,
-                stopper_best_epoch + 1,
-            )
-            break
+    def memory_hint(self, images: torch.Tensor):
+        return out_of_memory_hint(self.args.batch, self.rank_batch, images)
 
-    if not is_main_process():
-        return {"save_dir": str(save_dir), "rank": get_rank(), "epochs_trained": epoch + 1}
-    if tb is not None:
-        tb.close()
-    hours = (time.time() - t_start) / 3600
-    LOGGER.info("%d epochs completed in %.3f hours", epoch - start_epoch + 1, hours)
-    best = weights_dir / "best.pt"
-    final = validate(
-        model_from_checkpoint(load_checkpoint(best)).to(device).fuse(),
-        val_loader,
-        data.names,
-        device,
-        progress=args.progress,
-    )
-    print(format_table(final))
-    if args.plots:
-        plot_results(csv_file)
-        save_validation_plots(final, save_dir)
-    LOGGER.info("results saved to %s", save_dir)
-    return {
-        "save_dir": str(save_dir),
-        "best": str(best),
-        "last": str(weights_dir / "last.pt"),
-        **final.as_dict(),
-        "fitness": final.fitness,
-        "epochs_trained": epoch + 1,
-    }
+    @property
+    def world_size(self) -> int:
+        return get_world_size()
 
 
-def write_csv_row(path: Path, row: list[float]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.writer(f)
-        if new:
-            w.writerow(CSV_COLUMNS)
-        w.writerow([row[0], *(f"{v:.6g}" for v in row[1:])])
+def as_fitness(value: float | Sequence[float] | None) -> float | tuple[float, ...] | None:
+    """A checkpoint's best fitness: a number, or a list read back as the tuple it was."""
+    return tuple(value) if isinstance(value, (list, tuple)) else value
 
 
-def find_last_checkpoint(project: str) -> Path:
-    runs = sorted(Path(project).glob("*/weights/last.pt"), key=os.path.getmtime)
-    if not runs:
-        raise ValueError(f"--resume: no last.pt found under {project}/*/weights/")
-    return runs[-1]
+def run_worker() -> None:
+    """One torchrun process started by :func:`gmyolo.engine.distributed.launch`.
+
+    Its command line: ``MODULE:TRAINER ARGS_YAML RESULT_JSON``; the trainer must be a gmyolo :class:`Trainer`.
+    """
+    entry, args_file, result_file = sys.argv[1:4]
+    module, _, name = entry.partition(":")
+    trainer = getattr(importlib.import_module(module), name, None) if module.startswith("gmyolo.") else None
+    if not (isinstance(trainer, type) and issubclass(trainer, Trainer)):
+        raise SystemExit(f"gmyolo: not a gmyolo trainer: {entry}")
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    try:
+        result = trainer(trainer.args_type(**yaml.safe_load(Path(args_file).read_text()))).train()
+    except KeyboardInterrupt as e:
+        print(f"{trainer.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+        sys.exit(130)
+    except USER_ERRORS as e:
+        print(f"{trainer.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if is_main_process():
+        Path(result_file).write_text(json.dumps(result, default=float))
 
 
-def transfer_weights(model: DetectionModel, ckpt: dict[str, Any]) -> None:
-    """Copy every tensor whose name and shape fit (e.g. all but the head when the class count changes)."""
-    source = ckpt.get("ema") or ckpt["model"]
-    target = model.state_dict()
-    fitting = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
-    model.load_state_dict(fitting, strict=False)
-    LOGGER.info("transferred %d/%d tensors from the checkpoint", len(fitting), len(target))
+# Names that lived here before the trainer was shared by the tasks (gmyolo < 0.2): detection's now.
+_MOVED = {
+    "TrainArgs": "gmyolo.tasks.detect.options",
+    "train": "gmyolo.tasks.detect.train",
+    "build_optimizer": "gmyolo.tasks.detect.train",
+    "CSV_COLUMNS": "gmyolo.tasks.detect.train",
+    "increment_path": "gmyolo.engine.runs",
+    "find_last_checkpoint": "gmyolo.engine.runs",
+    "make_ema": "gmyolo.engine.ema",
+}
 
 
-def freeze_layers(model: DetectionModel, n_layers: int, n_stages: int) -> None:
-    for m in list(model.model)[:n_layers]:
-        for p in m.parameters():
-            p.requires_grad_(False)
-        if isinstance(m, GroupMixFormer):
-            m.freeze_stages(m.num_stages)
-    if n_stages:
-        for b in backbones(model):
-            b.freeze_stages(n_stages)
-    if n_layers or n_stages:
-        frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-        LOGGER.info("frozen: %d parameters", frozen)
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,21 @@
+"""YOLO detectors from model YAML: the builder, the module registry, the YOLOv5 blocks and the heads."""
+
+from ...errors import ModelConfigError
+from .builder import BackboneOutput, LayerRow, load_model_yaml, packaged_models, parse_model, resolve_model_path
+from .head import Detect
+from .model import DetectionModel
+from .registry import MODULES, register_module
+
+__all__ = [
+    "BackboneOutput",
+    "Detect",
+    "DetectionModel",
+    "LayerRow",
+    "MODULES",
+    "ModelConfigError",
+    "load_model_yaml",
+    "packaged_models",
+    "parse_model",
+    "register_module",
+    "resolve_model_path",
+]

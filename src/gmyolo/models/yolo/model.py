@@ -1,0 +1,92 @@
+"""``DetectionModel``: a YOLO detector built from a model YAML by :mod:`gmyolo.models.yolo.builder`."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from ...errors import ModelConfigError
+from .builder import BackboneOutput, load_model_yaml, parse_model
+from .head import Detect
+
+__all__ = ["DetectionModel"]
+
+LOGGER = logging.getLogger("gmyolo")
+
+
+class DetectionModel(nn.Module):
+    """A YOLO detector built from a model YAML.
+
+    Args:
+        cfg: packaged model name ('yolov5s', 'yolov5s-gmf-t'), a path to a YAML file, or a dict.
+        ch: input channels.
+        nc: number of classes; overrides the file's ``nc``.
+
+    Train mode returns the raw per-level head outputs (B×na×H×W×(5+nc) each); eval mode returns
+    ``(decoded, raw)`` with decoded B×N×(5+nc): xywh in input pixels, objectness and class scores
+    after sigmoid.
+    """
+
+    def __init__(
+        self, cfg: str | os.PathLike | Mapping[str, Any] = "yolov5s-gmf-t", ch: int = 3, nc: int | None = None
+    ):
+        super().__init__()
+        d = load_model_yaml(cfg)
+        if nc is not None and nc != d["nc"]:
+            if not isinstance(nc, int) or nc < 1:
+                raise ModelConfigError(f"nc must be a positive integer, got {nc!r}")
+            LOGGER.info("overriding the model's nc=%d with nc=%d", d["nc"], nc)
+            d["nc"] = nc
+        self.model, self.save, self.layer_rows = parse_model(d, ch)
+        self.yaml = {k: v for k, v in d.items() if not k.startswith("_")}  # plain data, saved in checkpoints
+        self.nc = d["nc"]
+        self.names = {i: str(i) for i in range(self.nc)}
+        head = self.model[-1]
+        if not isinstance(head, Detect):
+            raise ModelConfigError(f"{d['_source']}: the last layer must be Detect, got {type(head).__name__}")
+        head.initialize_biases()
+
+    @property
+    def stride(self) -> torch.Tensor:
+        return self.model[-1].stride
+
+    @property
+    def detect(self) -> Detect:
+        return self.model[-1]
+
+    def forward(self, x: torch.Tensor):
+        y: list[torch.Tensor | None] = []
+        for m in self.model:
+            if isinstance(m, BackboneOutput):
+                continue  # stored when its backbone ran
+            if m.f != -1:
+                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+            x = m(x)
+            if m.num_outputs > 1:
+                y.extend(x)
+                x = x[-1]
+            else:
+                y.append(x if m.i in self.save else None)
+        return x
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameters that learn without weight decay: every norm weight and bias, and what each submodule
+        names in its own ``no_weight_decay()`` (GroupMixFormer, GMA blocks: their position-encoding convs)."""
+        names = {n for n, p in self.named_parameters() if p.ndim <= 1}
+        for prefix, m in self.named_modules():
+            if m is not self and callable(getattr(m, "no_weight_decay", None)):
+                names |= {f"{prefix}.{n}" for n in m.no_weight_decay()}
+        return names
+
+    def fuse(self) -> DetectionModel:
+        """Fold BatchNorm into the convolutions before it, for inference (YOLO layers and the backbone)."""
+        self.eval()
+        for m in list(self.modules()):
+            if m is not self and callable(getattr(m, "fuse", None)):
+                m.fuse()
+        return self

@@ -1,0 +1,215 @@
+"""The registry of modules a model YAML may name, and how each one computes its outputs.
+
+Every entry pairs a constructor with a *rule*: a function that receives the layer as written in
+the YAML plus what the parser knows (input channels and strides, width multiple, nc, anchors) and
+returns the built module with its output channels and strides. The parser has no per-module
+special cases; adding a block is one ``register_module`` call. Nothing read from a file is ever
+evaluated as Python: names are looked up here, argument strings stay strings.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..groupmixformer import GroupMixFormer, groupmixformer
+from . import common
+from .head import Detect
+
+__all__ = ["LayerContext", "BuiltLayer", "LayerType", "MODULES", "register_module", "make_divisible", "checked"]
+
+
+def make_divisible(x: float, divisor: int = 8) -> int:
+    """Smallest multiple of ``divisor`` that is >= x (YOLOv5's channel rounding)."""
+    return math.ceil(x / divisor) * divisor
+
+
+@dataclass
+class LayerContext:
+    """One YAML layer, with the channels and strides of the maps it reads."""
+
+    index: int
+    number: int  # repeats after depth_multiple
+    args: list[Any]
+    kwargs: dict[str, Any]
+    in_channels: list[int]  # one entry per 'from' map
+    in_strides: list[float]
+    width_multiple: float
+    nc: int
+    num_outputs_detect: int  # na * (nc + 5): a channel count that width_multiple must not touch
+
+
+@dataclass
+class BuiltLayer:
+    module: nn.Module
+    out_channels: list[int]
+    out_strides: list[float]
+    args: list[Any] = field(default_factory=list)  # the constructor arguments, for the layer table
+
+
+Rule = Callable[[Callable[..., nn.Module], LayerContext], BuiltLayer]
+
+
+@dataclass(frozen=True)
+class LayerType:
+    constructor: Callable[..., nn.Module]
+    rule: Rule
+
+
+MODULES: dict[str, LayerType] = {}
+
+
+def register_module(name: str, constructor: Callable[..., nn.Module], rule: Rule | None = None) -> None:
+    """Make ``name`` usable in model YAML files (default rule: YOLOv5's scaled-channel convention)."""
+    MODULES[name] = LayerType(constructor, rule or scaled_channels())
+
+
+def repeat(constructor: Callable[..., nn.Module], n: int, args: list[Any], kwargs: dict[str, Any]) -> nn.Module:
+    return nn.Sequential(*(constructor(*args, **kwargs) for _ in range(n))) if n > 1 else constructor(*args, **kwargs)
+
+
+SIMPLE_TYPES = {bool: (bool,), int: (int,), float: (int, float)}
+
+
+def checked(constructor: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """``constructor``, refusing arguments that do not fit its ``bool``, ``int`` and ``float`` annotations.
+
+    YAML values stay data: ``'False'`` is a string, which a bool parameter would take as true.
+    """
+    try:
+        signature = inspect.signature(constructor, eval_str=True)
+    except (NameError, TypeError, ValueError):  # annotations that cannot be resolved: build unchecked
+        return constructor
+
+    @functools.wraps(constructor, updated=())
+    def build(*args, **kwargs):
+        for name, value in signature.bind(*args, **kwargs).arguments.items():
+            expected = signature.parameters[name].annotation
+            if expected in SIMPLE_TYPES and (
+                isinstance(value, bool) != (expected is bool) or not isinstance(value, SIMPLE_TYPES[expected])
+            ):
+                raise TypeError(f"argument '{name}' must be {expected.__name__}, got {value!r}")
+        return constructor(*args, **kwargs)
+
+    return build
+
+
+def bound_argument(constructor: Callable[..., nn.Module], args: list[Any], kwargs: dict[str, Any], name: str):
+    """The value a constructor parameter takes for these arguments (its default when not given)."""
+    bound = inspect.signature(constructor).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return bound.arguments.get(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------------------
+def scaled_channels(repeat_inside: bool = False, stride_factor: float = 1.0) -> Rule:
+    """YOLOv5's rule: args[0] is the output width, scaled by width_multiple and rounded to 8.
+
+    The input width is prepended; blocks that repeat internally (C3, ...) take the repeat count as
+    their third argument. The output stride is the input's times the ``s`` argument (default 1).
+    """
+
+    def rule(constructor, ctx: LayerContext) -> BuiltLayer:
+        if not ctx.args or not isinstance(ctx.args[0], (int, float)) or isinstance(ctx.args[0], bool):
+            raise ValueError(f"the first argument must be the output width (a number), got {ctx.args[:1]}")
+        c1, (c2, *rest) = ctx.in_channels[0], ctx.args
+        if c2 != ctx.num_outputs_detect:
+            c2 = make_divisible(c2 * ctx.width_multiple, 8)
+        args, n = [c1, c2, *rest], ctx.number
+        if repeat_inside:
+            args.insert(2, n)
+            n = 1
+        s = bound_argument(constructor, args, ctx.kwargs, "s") or 1
+        module = repeat(constructor, n, args, ctx.kwargs)
+        return BuiltLayer(module, [c2], [ctx.in_strides[0] * s * stride_factor], args)
+
+    return rule
+
+
+def concat_channels(constructor, ctx: LayerContext) -> BuiltLayer:
+    if len(set(ctx.in_strides)) > 1:
+        raise ValueError(f"Concat inputs have different strides {ctx.in_strides}; their maps cannot be joined")
+    return BuiltLayer(constructor(*ctx.args, **ctx.kwargs), [sum(ctx.in_channels)], [ctx.in_strides[0]], ctx.args)
+
+
+def same_channels(constructor, ctx: LayerContext) -> BuiltLayer:
+    """Channels pass through (nn.Upsample, nn.Identity, ...); an upsample divides the stride."""
+    module = repeat(constructor, ctx.number, ctx.args, ctx.kwargs)
+    scale = getattr(module, "scale_factor", None) or 1
+    return BuiltLayer(module, [ctx.in_channels[0]], [ctx.in_strides[0] / float(scale)], ctx.args)
+
+
+def batchnorm_channels(constructor, ctx: LayerContext) -> BuiltLayer:
+    args = [ctx.in_channels[0]]
+    return BuiltLayer(constructor(*args, **ctx.kwargs), [ctx.in_channels[0]], [ctx.in_strides[0]], args)
+
+
+def detect_head(constructor, ctx: LayerContext) -> BuiltLayer:
+    """Detect(nc, anchors): the input widths and strides of its levels are appended."""
+    nc, anchors, *rest = ctx.args
+    if isinstance(anchors, int):  # YOLOv5: "anchors: 3" means 3 placeholder anchors per level (fit later)
+        anchors = [list(range(anchors * 2))] * len(ctx.in_channels)
+    args = [nc, anchors, list(ctx.in_channels), *rest]
+    module = constructor(*args, strides=list(ctx.in_strides), **ctx.kwargs)
+    return BuiltLayer(module, [module.no * module.na], list(ctx.in_strides), args)
+
+
+def backbone_maps(constructor, ctx: LayerContext) -> BuiltLayer:
+    """A multi-output backbone: it declares its maps' channels and strides (``out_channels``/``out_strides``)."""
+    module = constructor(*ctx.args, in_chans=ctx.in_channels[0], **ctx.kwargs)
+    strides = [ctx.in_strides[0] * s for s in module.out_strides]
+    return BuiltLayer(module, list(module.out_channels), strides, ctx.args)
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML-facing backbone constructors
+# --------------------------------------------------------------------------------------------------
+def groupmixformer_backbone(
+    variant: str = "t",
+    out_indices: list[int] | tuple[int, ...] = (1, 2, 3),
+    pretrained: str | None = None,
+    drop_path_rate: float | None = None,
+    frozen_stages: int = 0,
+    in_chans: int = 3,
+    **overrides: Any,
+) -> GroupMixFormer:
+    """YAML args ``[variant, out_indices, pretrained, drop_path_rate, frozen_stages]``.
+
+    Returns GroupMixFormer in features mode; ``pretrained`` is a path to the authors' checkpoint
+    (its classifier is dropped); ``drop_path_rate`` None keeps the variant's default. Keyword
+    arguments (a trailing mapping in the YAML args) override the variant's settings, e.g.
+    ``{serial_depths: [1, 1, 2, 1]}`` or ``{aggregator: avg}``.
+    """
+    kwargs: dict[str, Any] = dict(features_only=True, out_indices=tuple(out_indices), in_chans=in_chans, **overrides)
+    if drop_path_rate is not None:
+        kwargs["drop_path_rate"] = drop_path_rate
+    model = groupmixformer(variant, pretrained=pretrained, **kwargs)
+    if frozen_stages:
+        model.freeze_stages(frozen_stages)
+    return model
+
+
+def _register_defaults() -> None:
+    for name in ("Conv", "DWConv", "Bottleneck", "SPP", "SPPF"):
+        register_module(name, getattr(common, name))
+    register_module("Focus", common.Focus, scaled_channels(stride_factor=2))  # space-to-depth halves the map
+    for name in ("C3", "BottleneckCSP", "C3GMA"):
+        register_module(name, getattr(common, name), scaled_channels(repeat_inside=True))
+    register_module("Concat", common.Concat, concat_channels)
+    for name in ("nn.Upsample", "Upsample"):
+        register_module(name, nn.Upsample, same_channels)
+    register_module("nn.Identity", nn.Identity, same_channels)
+    register_module("nn.BatchNorm2d", nn.BatchNorm2d, batchnorm_channels)
+    register_module("Detect", Detect, detect_head)
+    register_module("GroupMixFormer", groupmixformer_backbone, backbone_maps)
+
+
+_register_defaults()

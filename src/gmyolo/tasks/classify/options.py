@@ -1,0 +1,118 @@
+"""The options of ``gmyolo classify train|val|predict`` as dataclasses (plain data and checks, no torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ClassifyTrainArgs",
+    "ClassifyValArgs",
+    "ClassifyPredictArgs",
+    "IMAGENET_DEFAULT_MEAN",
+    "IMAGENET_DEFAULT_STD",
+]
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # timm.data's constants, without importing timm
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ClassifyTrainArgs:
+    data: str = ""  # folder holding train/ and val/ (or test/), each with one folder per class
+    model: str = "groupmixformer-t"  # variant: groupmixformer-m, -t, -s, -b, -l
+    weights: str | None = None  # the authors' ImageNet checkpoint or a gmyolo classifier to start from
+    epochs: int = 30
+    imgsz: int = 224
+    batch: int = 64
+    device: str = ""
+    workers: int = 8
+    project: str = "runs/classify/train"
+    name: str = "exp"
+    exist_ok: bool = False
+    resume: str | None = None  # last.pt of an interrupted run, or 'last' for the newest under project
+    # The authors' recipe.
+    lr: float = 5e-4  # for a batch of 512; the run uses lr·batch/512 (as do warmup_lr and min_lr)
+    warmup_lr: float = 5e-7
+    min_lr: float = 5e-6
+    warmup_epochs: float = 5.0  # (the authors: 20 of 300 epochs from scratch); at most half of the run
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    clip_grad: float = 5.0  # max gradient norm; 0 turns clipping off
+    drop_path: float | None = None  # stochastic depth; None: the variant's (m/t/l 0.1, s 0.2, b 0.5)
+    auto_augment: str = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; '' for none
+    color_jitter: float = 0.4  # only used without auto_augment (timm skips it under RandAugment)
+    reprob: float = 0.25  # random erasing probability
+    mixup: float = 0.8  # mixup alpha (0: off)
+    cutmix: float = 1.0  # cutmix alpha (0: off)
+    mixup_prob: float = 1.0  # probability of mixing a batch at all
+    mixup_switch_prob: float = 0.5  # probability of cutmix instead of mixup
+    hflip: float = 0.5
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875  # evaluation: resize to imgsz/crop_pct, centre crop imgsz
+    mean: list[float] = field(default_factory=lambda: list(IMAGENET_DEFAULT_MEAN))
+    std: list[float] = field(default_factory=lambda: list(IMAGENET_DEFAULT_STD))
+    ema: bool = False  # keep an EMA of the weights, validate and save it as the model
+    ema_decay: float = 0.9998
+    amp: bool = True  # mixed precision on CUDA
+    sync_bn: bool = False  # BatchNorm statistics over all GPUs (DDP)
+    tensorboard: bool = True  # also log to TensorBoard when it is installed
+    patience: int = 0  # stop after this many epochs without a better top-1 (0: never)
+    seed: int = 0
+    plots: bool = True
+    progress: bool = True
+
+    def check(self) -> None:
+        if not self.data:
+            raise ValueError("--data is required: a folder with train/ and val/ sub-folders of class folders")
+        for name in ("epochs", "imgsz", "batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("workers", "patience", "warmup_epochs", "lr", "warmup_lr", "min_lr", "weight_decay", "clip_grad"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
+        for name in ("label_smoothing", "reprob", "mixup_prob", "mixup_switch_prob", "hflip", "ema_decay"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(self, name)}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"--crop-pct must be in (0, 1], got {self.crop_pct}")
+        if self.drop_path is not None and not 0 <= self.drop_path < 1:
+            raise ValueError(f"--drop-path must be in [0, 1), got {self.drop_path}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ValueError(f"--mixup and --cutmix must not be negative, got {self.mixup} and {self.cutmix}")
+        if self.mixing and self.batch % 2:
+            raise ValueError(f"mixup/cutmix mix each batch with its reverse and need an even --batch, got {self.batch}")
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise ValueError(f"--mean and --std need 3 values each (std positive), got {self.mean} and {self.std}")
+
+    @property
+    def mixing(self) -> bool:
+        return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
+
+
+@dataclass
+class ClassifyValArgs:
+    weights: str = "runs/classify/train/exp/weights/best.pt"  # a gmyolo classifier or an authors' checkpoint
+    data: str | None = None  # default: the dataset the classifier was trained on
+    split: str = "val"
+    imgsz: int | None = None  # default: the training size (224 for an authors' checkpoint)
+    batch: int = 64
+    device: str = ""
+    workers: int = 8
+    project: str = "runs/classify/val"
+    name: str = "exp"
+    exist_ok: bool = False
+    plots: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ClassifyPredictArgs:
+    weights: str = "runs/classify/train/exp/weights/best.pt"
+    source: str = ""  # an image, a folder (searched recursively) or a glob pattern
+    imgsz: int | None = None  # default: the training size
+    topk: int = 5
+    batch: int = 32
+    device: str = ""
+    workers: int = 2
+    save: str | None = None  # write the predictions to this .csv or .json file
+    progress: bool = True

@@ -1,0 +1,118 @@
+"""Detection pictures: PR/F1/P/R curves, the confusion matrix, and validation images with the model's
+boxes drawn for TensorBoard."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.ops import box_convert
+
+from ...data.plots import plot_batch
+from ...engine.plots import draw_confusion, pyplot
+from .metrics import ConfusionMatrix, DetectionMetrics
+from .postprocess import non_max_suppression
+
+__all__ = ["plot_metric_curves", "plot_confusion_matrix", "PredictionPictures"]
+
+
+def plot_metric_curves(metrics: DetectionMetrics, names: Sequence[str], save_dir: str | Path) -> list[Path]:
+    """PR curve (IoU 0.5), and F1, precision and recall against confidence; per class and mean."""
+    plt = pyplot()
+    save_dir = Path(save_dir)
+    curves, outputs = metrics.curves, []
+    if not len(metrics.classes):
+        return outputs
+    label = [names[c] if c < len(names) else str(c) for c in metrics.classes]
+    show_classes = len(label) <= 20
+    fig, ax = plt.subplots(figsize=(7, 5.5), tight_layout=True)
+    recall_axis = np.linspace(0, 1, 101)
+    for i, pr in enumerate(curves["pr"]):
+        if show_classes:
+            ax.plot(recall_axis, pr, linewidth=1, label=f"{label[i]} {metrics.ap50[i]:.3f}")
+    ax.plot(
+        recall_axis, curves["pr"].mean(0), linewidth=3, color="blue", label=f"all classes {metrics.map50:.3f} mAP@0.5"
+    )
+    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.01), title="Precision-Recall curve")
+    ax.legend(loc="lower left", fontsize=8)
+    outputs.append(save_dir / "PR_curve.png")
+    fig.savefig(outputs[-1], dpi=150)
+    plt.close(fig)
+    for key, ylabel in (("f1", "F1"), ("precision", "Precision"), ("recall", "Recall")):
+        fig, ax = plt.subplots(figsize=(7, 5.5), tight_layout=True)
+        if show_classes:
+            for i, y in enumerate(curves[key]):
+                ax.plot(curves["px"], y, linewidth=1, label=label[i])
+        mean = curves[key].mean(0)
+        best = int(mean.argmax())
+        ax.plot(
+            curves["px"],
+            mean,
+            linewidth=3,
+            color="blue",
+            label=f"all classes {mean[best]:.2f} at {curves['px'][best]:.3f}",
+        )
+        ax.set(xlabel="Confidence", ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.01), title=f"{ylabel}-Confidence curve")
+        ax.legend(loc="lower left", fontsize=8)
+        outputs.append(save_dir / f"{ylabel}_curve.png")
+        fig.savefig(outputs[-1], dpi=150)
+        plt.close(fig)
+    return outputs
+
+
+def plot_confusion_matrix(cm: ConfusionMatrix, names: Sequence[str], save_dir: str | Path) -> Path:
+    """Column-normalised confusion matrix (each true class sums to 1), background as the last row/column."""
+    title = "Confusion matrix (normalised per true class)"
+    return draw_confusion(cm.matrix, [*names, "background"], title, Path(save_dir) / "confusion_matrix.png")
+
+
+class PredictionPictures:
+    """The first validation images with a model's detections (score >= ``conf``) drawn, for TensorBoard.
+
+    The images are read once, from the dataset rather than through a loader iterator (that would draw
+    from the global RNG and a resumed run would no longer repeat the uninterrupted one), logged with
+    their labels as ``val/labels``; the same images are drawn every epoch as ``val/predictions``.
+    """
+
+    def __init__(
+        self,
+        loader: torch.utils.data.DataLoader,
+        names: Sequence[str],
+        max_images: int = 8,
+        conf: float = 0.25,
+        iou: float = 0.45,
+    ):
+        self.loader, self.names = loader, list(names)
+        self.max_images, self.conf, self.iou = max_images, conf, iou
+        self.samples: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def log(self, tb, model: nn.Module, step: int) -> None:
+        """Draw ``model``'s detections on the sample images into ``tb`` (a TensorBoardLogger) at ``step``."""
+        loader = self.loader
+        if self.samples is None:
+            n = min(self.max_images, loader.batch_size or 1, len(loader.dataset))  # one batch: shapes agree
+            images, targets, _, _ = loader.collate_fn([loader.dataset[i] for i in range(n)])
+            self.samples = images, targets
+            self._log_plot(tb, "val/labels", images, targets, step)
+        images, _ = self.samples
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        decoded, _ = model(images.to(device).float() / 255)
+        model.train(was_training)
+        h, w = images.shape[2:]
+        rows = []
+        for i, det in enumerate(non_max_suppression(decoded.float(), self.conf, self.iou, max_det=100)):
+            det = det.cpu()
+            xywh = box_convert(det[:, :4], "xyxy", "cxcywh") / torch.tensor([w, h, w, h])
+            rows.append(torch.cat([torch.full((len(det), 1), float(i)), det[:, 5:6], xywh, det[:, 4:5]], 1))
+        self._log_plot(tb, "val/predictions", images, torch.cat(rows) if rows else torch.zeros((0, 7)), step)
+
+    def _log_plot(self, tb, tag: str, images: torch.Tensor, boxes: torch.Tensor, step: int) -> None:
+        with tempfile.TemporaryDirectory() as tmp:  # plot_batch draws into a file
+            tb.log_image(tag, plot_batch(images, boxes, self.names, Path(tmp) / "plot.jpg"), step)

@@ -1,0 +1,91 @@
+"""``gmyolo val`` / ``YOLO(weights).val()``: evaluate a checkpoint (or an exported ONNX/TorchScript file)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ...data.augment import stride_multiple
+from ...data.config import load_dataset_config
+from ...data.dataset import build_dataloader, create_dataset
+from ...engine.device import select_device
+from ...engine.runs import increment_path
+from .backends import load_backend
+from .coco_eval import coco_detections, coco_ground_truth, run_cocoeval
+from .options import ValArgs
+from .validator import format_table, save_validation_plots, validate
+
+__all__ = ["ValArgs", "run_val"]
+
+LOGGER = logging.getLogger("gmyolo")
+
+
+def run_val(args: ValArgs) -> dict[str, Any]:
+    if args.batch < 1:
+        raise ValueError(f"--batch must be positive, got {args.batch}")
+    if not 0 <= args.conf <= 1 or not 0 <= args.iou <= 1:
+        raise ValueError("--conf and --iou must be between 0 and 1")
+    device = select_device(args.device)
+    backend = load_backend(args.weights, device)  # a checkpoint, or an exported .onnx / .torchscript file
+    if not (args.data or backend.data):
+        raise ValueError(f"{args.weights} does not say which dataset it was trained on: pass --data")
+    data = load_dataset_config(args.data or backend.data, require=(args.split,))
+    names = [backend.names[i] for i in range(len(backend.names))]
+    if names and data.names != names:
+        LOGGER.warning("the dataset's names %s differ from the model's %s", data.names[:5], names[:5])
+    stride = backend.stride
+    if backend.dynamic_size:
+        imgsz = stride_multiple(args.imgsz or (backend.imgsz[0] if backend.imgsz else 640), stride)
+    else:  # a fixed-size export: square letterboxed batches at exactly its size
+        if args.imgsz and (args.imgsz, args.imgsz) != backend.imgsz:
+            raise ValueError(f"{args.weights} was exported for {backend.imgsz[0]} px inputs; drop --imgsz or re-export")
+        imgsz = backend.imgsz[0]
+    dataset, _ = create_dataset(
+        data, args.split, imgsz, rect=backend.dynamic_size, batch_size=args.batch, stride=stride
+    )
+    loader = build_dataloader(dataset, args.batch if backend.dynamic_batch else 1, args.workers, shuffle=False)
+    results = validate(
+        backend,
+        loader,
+        data.names,
+        device,
+        conf=args.conf,
+        iou=args.iou,
+        max_det=args.max_det,
+        keep_predictions=args.save_json,
+        progress=args.progress,
+    )
+    save_dir = increment_path(Path(args.project) / args.name, args.exist_ok)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    print(format_table(results))
+    s = results.speed_ms
+    print(
+        f"speed per image: {s['preprocess']:.1f} ms preprocess, {s['inference']:.1f} ms inference, "
+        f"{s['nms']:.1f} ms NMS at {imgsz}px"
+    )
+    out: dict[str, Any] = {**results.as_dict(), "fitness": results.fitness, "save_dir": str(save_dir)}
+    if args.plots:
+        save_validation_plots(results, save_dir)
+    if args.save_json:
+        if args.coco_gt:
+            gt = json.loads(Path(args.coco_gt).read_text())
+            file_to_id = {Path(im["file_name"]).name: im["id"] for im in gt["images"]}
+            category_ids = sorted(c["id"] for c in gt["categories"])
+        else:
+            gt = coco_ground_truth(dataset.records, data.names)
+            file_to_id = {im["file_name"]: im["id"] for im in gt["images"]}
+            category_ids = None
+            (save_dir / "ground_truth.json").write_text(json.dumps(gt))
+        missing = [p["path"] for p in results.predictions if Path(p["path"]).name not in file_to_id]
+        if missing:
+            raise ValueError(f"{len(missing)} images are not in the COCO ground truth (e.g. {missing[0]})")
+        detections = coco_detections(results.predictions, file_to_id, category_ids)
+        (save_dir / "predictions.json").write_text(json.dumps(detections))
+        coco = run_cocoeval(gt, detections)
+        print(coco.get("summary", ""))
+        print(f"pycocotools: mAP50-95 {coco['mAP50-95']:.4f}  mAP50 {coco['mAP50']:.4f}")
+        out["coco"] = {k: v for k, v in coco.items() if k != "summary"}
+    LOGGER.info("results saved to %s", save_dir)
+    return out

@@ -1,0 +1,1 @@
+"""Tools around the models: ``bench`` (speed and memory of every inference mode, training step, data)."""

@@ -1,0 +1,43 @@
+"""The options of ``gmyolo bench`` (plain data and checks, no torch: the command line reads them first)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["BenchArgs", "MODES"]
+
+MODES = ("literal", "eager", "fused", "channels-last", "compile", "onnx")
+
+
+@dataclass
+class BenchArgs:
+    model: str = (
+        "yolov5n-gmf-m"  # detector YAML (packaged name or path), gmyolo checkpoint, or groupmixformer-m|t|s|b|l
+    )
+    imgsz: int | None = None  # default: 640 for a detector, 224 for a GroupMixFormer
+    batch: int = 8  # the larger batch (inference throughput, training step)
+    device: str = ""
+    threads: int | None = None  # torch (and ONNX Runtime) intra-op threads; default: torch's
+    repeats: int = 5
+    warmup: int = 2
+    modes: list[str] | None = None  # default: all that apply; compile only on CUDA (minutes to compile on a CPU)
+    train: bool = True
+    predict: bool = True
+    data: bool = True
+    workers: int = 2  # DataLoader workers for the data pipeline
+    features: bool = False  # a GroupMixFormer in features mode (no classifier)
+    grad_checkpointing: bool = False  # GroupMixFormer activation checkpointing in the training step
+
+    def check(self) -> None:
+        if self.imgsz is not None and self.imgsz < 32:
+            raise ValueError(f"--imgsz must be at least 32, got {self.imgsz}")
+        for name in ("batch", "repeats"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        if self.warmup < 0 or self.workers < 0:
+            raise ValueError("--warmup and --workers must not be negative")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be a positive integer, got {self.threads}")
+        unknown = sorted(set(self.modes or []) - set(MODES))
+        if unknown:
+            raise ValueError(f"unknown --modes {', '.join(unknown)}; choose from {', '.join(MODES)}")
