@@ -8,9 +8,11 @@ import json
 import pytest
 import torch
 
-from gmyolo.cli.main import main
+from gmyolo.cli.common import args_as
+from gmyolo.cli.main import build_parser, main
 from gmyolo.data.classify import make_classify_dataset
 from gmyolo.models.groupmixformer import VARIANTS, groupmixformer
+from gmyolo.tasks.classify.options import ClassifyTrainArgs
 
 PICO = dict(embedding_dims=(20, 20, 40, 40), serial_depths=(1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2), drop_path_rate=0.1)
 
@@ -33,6 +35,7 @@ def test_cli_finetune_val_predict_and_errors(tmp_path, capsys):
     best = tmp_path / "runs/exp/weights/best.pt"
     ckpt = torch.load(best, weights_only=True)
     assert ckpt["model"]["head.weight"].shape == (3, 40) and ckpt["args"]["mixup"] == 0.8
+    assert ckpt["args"]["recipe"] == "imagenet" and ckpt["args"]["warmup_epochs"] == 0  # fine-tuning; --warmup-epochs
     capsys.readouterr()
 
     assert main(["classify", "val", "--weights", str(best), "--workers", "0", "--project", str(tmp_path / "v")]) == 0
@@ -61,3 +64,29 @@ def test_cli_finetune_val_predict_and_errors(tmp_path, capsys):
     assert "a gmyolo classification checkpoint; use `gmyolo classify val|predict`" in capsys.readouterr().err
     assert main(["classify", "predict", "--weights", str(best), "--source", str(tmp_path / "none/*.jpg")]) == 2
     assert "no images found" in capsys.readouterr().err
+
+
+def train_args(*flags: str) -> ClassifyTrainArgs:
+    """What `gmyolo classify train --data d FLAGS` trains with (the recipe resolved)."""
+    return args_as(
+        ClassifyTrainArgs, build_parser().parse_args(["classify", "train", "--data", "d", *flags])
+    ).resolved()
+
+
+def test_cli_recipe_flags(capsys):
+    assert train_args().recipe == "scratch"  # batch 64, random weights
+    assert train_args("--batch", "256").recipe == "imagenet"
+    args = train_args("--weights", "authors.pth", "--batch", "16")
+    assert args.recipe == "imagenet" and (args.lr, args.mixup, args.cutmix) == (5e-4, 0.8, 1.0)
+    args = train_args("--batch", "16")
+    assert args.lr * 16 / 512 == pytest.approx(2e-3) and (args.mixup, args.auto_augment) == (0.0, "")
+    args = train_args("--recipe", "imagenet", "--batch", "16", "--mixup", "0", "--auto-augment", "", "--lr", "1e-3")
+    assert (args.recipe, args.lr, args.mixup, args.cutmix, args.auto_augment) == ("imagenet", 1e-3, 0.0, 1.0, "")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["classify", "train", "--recipe", "fast"])
+    assert "invalid choice: 'fast'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["classify", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "auto: imagenet when fine-tuning (--weights) or at --batch >= 256, else scratch" in text
+    assert "(default: the recipe's: imagenet 0.0005; scratch 0.002*512/batch, so 0.002 at any batch)" in text

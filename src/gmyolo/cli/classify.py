@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..tasks.classify.options import ClassifyPredictArgs, ClassifyTrainArgs, ClassifyValArgs
+from ..tasks.classify.recipes import LARGE_BATCH, LR_FIELDS, RECIPE_CHOICES, RECIPES
 from .common import add_resume_argument, args_as
 
 __all__ = ["add_parser"]
@@ -26,7 +27,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     d = ClassifyTrainArgs()
     p = sub.add_parser(
         "train",
-        help="train or fine-tune a classifier (the authors' ImageNet recipe by default)",
+        help="train or fine-tune a classifier (the authors' ImageNet recipe, or one for small data from scratch)",
     )
     p.add_argument(
         "--data", default="", help="folder with train/ and val/ folders, one sub-folder per class (not with --resume)"
@@ -48,38 +49,51 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=d.name, help="(default %(default)s)")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
     add_resume_argument(p)
-    r = p.add_argument_group("recipe (the authors' ImageNet settings)")
+    r = p.add_argument_group(
+        "recipe",
+        "--recipe picks the defaults marked 'the recipe's'; a value given here always wins. "
+        f"auto: imagenet when fine-tuning (--weights) or at --batch >= {LARGE_BATCH}, else scratch.",
+    )
+    r.add_argument(
+        "--recipe",
+        default=d.recipe,
+        choices=RECIPE_CHOICES,
+        help="imagenet: the authors' ImageNet recipe (fine-tuning, large batches); scratch: small data from random "
+        f"weights (AdamW at {RECIPES['scratch'].values['lr']:g} at any batch, a 1-epoch warm-up, no RandAugment, "
+        f"mixup, cutmix or label smoothing); auto: imagenet with --weights or --batch >= {LARGE_BATCH}, else "
+        "scratch (default %(default)s)",
+    )
     r.add_argument(
         "--lr",
         type=float,
-        default=d.lr,
-        help="learning rate for a batch of 512 (used: lr*batch/512) (default %(default)s)",
+        default=None,
+        help="learning rate for a batch of 512 (used: lr*batch/512) " + recipe_default("lr"),
     )
     r.add_argument(
-        "--warmup-lr", type=float, default=d.warmup_lr, help="warm-up start for a batch of 512 (default %(default)s)"
+        "--warmup-lr", type=float, default=None, help="warm-up start for a batch of 512 " + recipe_default("warmup_lr")
     )
     r.add_argument(
         "--min-lr",
         type=float,
-        default=d.min_lr,
-        help="end of the cosine decay for a batch of 512 (default %(default)s)",
+        default=None,
+        help="end of the cosine decay for a batch of 512 " + recipe_default("min_lr"),
     )
     r.add_argument(
         "--warmup-epochs",
         type=float,
-        default=d.warmup_epochs,
-        help="linear warm-up (at most half the run) (default %(default)s)",
+        default=None,
+        help="linear warm-up (at most half the run) " + recipe_default("warmup_epochs"),
     )
     r.add_argument("--weight-decay", type=float, default=d.weight_decay, help="(default %(default)s)")
-    r.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="(default %(default)s)")
+    r.add_argument("--label-smoothing", type=float, default=None, help=recipe_default("label_smoothing"))
     r.add_argument(
         "--clip-grad", type=float, default=d.clip_grad, help="max gradient norm (0: off) (default %(default)s)"
     )
     r.add_argument("--drop-path", type=float, default=None, help="stochastic depth (default: the variant's)")
     r.add_argument(
         "--auto-augment",
-        default=d.auto_augment,
-        help="timm RandAugment/AutoAugment spec ('' for none) (default %(default)s)",
+        default=None,
+        help="timm RandAugment/AutoAugment spec ('' for none) " + recipe_default("auto_augment"),
     )
     r.add_argument(
         "--color-jitter",
@@ -88,8 +102,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="used only without --auto-augment (default %(default)s)",
     )
     r.add_argument("--reprob", type=float, default=d.reprob, help="random erasing probability (default %(default)s)")
-    r.add_argument("--mixup", type=float, default=d.mixup, help="mixup alpha (0: off) (default %(default)s)")
-    r.add_argument("--cutmix", type=float, default=d.cutmix, help="cutmix alpha (0: off) (default %(default)s)")
+    r.add_argument("--mixup", type=float, default=None, help="mixup alpha (0: off) " + recipe_default("mixup"))
+    r.add_argument("--cutmix", type=float, default=None, help="cutmix alpha (0: off) " + recipe_default("cutmix"))
     r.add_argument(
         "--mixup-prob", type=float, default=d.mixup_prob, help="probability of mixing a batch (default %(default)s)"
     )
@@ -169,6 +183,18 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=d.workers, help="(default %(default)s)")
     p.add_argument("--save", default=None, metavar="FILE", help="also write the predictions to FILE.csv or FILE.json")
     p.set_defaults(run=run_predict)
+
+
+def recipe_default(name: str) -> str:
+    """'(default: the recipe's: imagenet X, scratch Y)' for a field the recipe decides."""
+    values = []
+    for recipe_name, recipe in RECIPES.items():
+        v = recipe.values[name]
+        text = repr(v) if isinstance(v, str) else f"{v:g}"
+        if name in LR_FIELDS and recipe.lr_batch is None:
+            text = f"{v:g}*512/batch, so {v:g} at any batch"
+        values.append(f"{recipe_name} {text}")
+    return f"(default: the recipe's: {'; '.join(values)})"
 
 
 def run_train(args: argparse.Namespace) -> dict:

@@ -32,8 +32,10 @@ from gmyolo.tasks.detect.checkpoint import load_checkpoint, save_checkpoint
 
 # A GroupMixFormer small enough for CPU tests: one block per stage, the real architecture otherwise.
 PICO = dict(embedding_dims=(20, 20, 40, 40), serial_depths=(1, 1, 1, 1), mlp_ratios=(2, 2, 2, 2), drop_path_rate=0.1)
-# The recipe without its regularisers, so that a few steps show learning; lr is for a batch of 512.
-PLAIN = dict(mixup=0.0, cutmix=0.0, auto_augment="", reprob=0.0, label_smoothing=0.0, warmup_epochs=0, lr=1.0)
+# The authors' recipe without its regularisers, so that a few steps show learning; lr is for a batch of 512.
+PLAIN = dict(
+    recipe="imagenet", mixup=0.0, cutmix=0.0, auto_augment="", reprob=0.0, label_smoothing=0.0, warmup_epochs=0, lr=1.0
+)
 FAST = dict(model="pico", imgsz=32, batch=8, workers=0, progress=False)
 
 
@@ -165,6 +167,7 @@ def test_recipe_with_mixup_ema_and_unreadable_images_resumes_exactly(shapes, tmp
     shutil.copytree(shapes, data)
     (data / "train/square/broken.png").write_bytes(b"\x89PNG broken")  # skipped; mixup then needs an even batch
     base = dict(data=str(data), epochs=2, ema=True, plots=False, warmup_epochs=0.5, **{**FAST, "batch": 16})
+    base["recipe"] = "imagenet"  # the authors' regularisers (mixup, cutmix, RandAugment) at batch 16
     with caplog.at_level(logging.WARNING, logger="gmyolo"):
         straight = classify_train(ClassifyTrainArgs(project=str(tmp_path / "a"), **base))
     assert "broken.png" in caplog.text
@@ -275,7 +278,7 @@ def test_bad_arguments_fail_before_any_work(shapes, tmp_path):
     with pytest.raises(ValueError, match="--data is required"):
         classify_train(ClassifyTrainArgs())
     with pytest.raises(ValueError, match="even --batch"):
-        classify_train(ClassifyTrainArgs(data=str(shapes), batch=7))
+        classify_train(ClassifyTrainArgs(data=str(shapes), batch=7, recipe="imagenet"))
     with pytest.raises(OSError, match="no train or val folder"):
         classify_train(ClassifyTrainArgs(data=str(shapes / "train"), project=str(tmp_path)))
     with pytest.raises(ValueError, match="larger than the 48 training images"):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+
+from .recipes import Resolution, resolve_recipe
 
 __all__ = [
     "ClassifyTrainArgs",
@@ -30,20 +33,22 @@ class ClassifyTrainArgs:
     name: str = "exp"
     exist_ok: bool = False
     resume: str | None = None  # last.pt of an interrupted run, or 'last' for the newest under project
-    # The authors' recipe.
-    lr: float = 5e-4  # for a batch of 512; the run uses lr·batch/512 (as do warmup_lr and min_lr)
-    warmup_lr: float = 5e-7
-    min_lr: float = 5e-6
-    warmup_epochs: float = 5.0  # (the authors: 20 of 300 epochs from scratch); at most half of the run
+    # The recipe: 'imagenet' (the authors'), 'scratch' (small data, random weights) or 'auto': imagenet with
+    # --weights or a batch >= 256, else scratch (recipes.py). None below: the recipe's value.
+    recipe: str = "auto"
+    lr: float | None = None  # for a batch of 512; the run uses lr·batch/512 (as do warmup_lr and min_lr)
+    warmup_lr: float | None = None
+    min_lr: float | None = None
+    warmup_epochs: float | None = None  # at most half of the run
     weight_decay: float = 0.05
-    label_smoothing: float = 0.1
+    label_smoothing: float | None = None
     clip_grad: float = 5.0  # max gradient norm; 0 turns clipping off
     drop_path: float | None = None  # stochastic depth; None: the variant's (m/t/l 0.1, s 0.2, b 0.5)
-    auto_augment: str = "rand-m9-mstd0.5-inc1"  # timm RandAugment spec; '' for none
+    auto_augment: str | None = None  # timm RandAugment spec; '' for none
     color_jitter: float = 0.4  # only used without auto_augment (timm skips it under RandAugment)
     reprob: float = 0.25  # random erasing probability
-    mixup: float = 0.8  # mixup alpha (0: off)
-    cutmix: float = 1.0  # cutmix alpha (0: off)
+    mixup: float | None = None  # mixup alpha (0: off)
+    cutmix: float | None = None  # cutmix alpha (0: off)
     mixup_prob: float = 1.0  # probability of mixing a batch at all
     mixup_switch_prob: float = 0.5  # probability of cutmix instead of mixup
     hflip: float = 0.5
@@ -62,11 +67,15 @@ class ClassifyTrainArgs:
     progress: bool = True
 
     def check(self) -> None:
+        """Refuse bad values before any work; the recipe's values (resolved on a copy) are checked too."""
         if not self.data:
             raise ValueError("--data is required: a folder with train/ and val/ sub-folders of class folders")
         for name in ("epochs", "imgsz", "batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        self.resolved()._check_values()
+
+    def _check_values(self) -> None:
         for name in ("workers", "patience", "warmup_epochs", "lr", "warmup_lr", "min_lr", "weight_decay", "clip_grad"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
@@ -80,12 +89,28 @@ class ClassifyTrainArgs:
         if self.mixup < 0 or self.cutmix < 0:
             raise ValueError(f"--mixup and --cutmix must not be negative, got {self.mixup} and {self.cutmix}")
         if self.mixing and self.batch % 2:
-            raise ValueError(f"mixup/cutmix mix each batch with its reverse and need an even --batch, got {self.batch}")
+            raise ValueError(
+                f"mixup/cutmix (alpha {self.mixup:g} / {self.cutmix:g}) mix each batch with its reverse and need an "
+                f"even --batch, got {self.batch} (or turn them off: --mixup 0 --cutmix 0)"
+            )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"--mean and --std need 3 values each (std positive), got {self.mean} and {self.std}")
 
+    def resolved(self) -> ClassifyTrainArgs:
+        """A copy with the recipe resolved: ``recipe`` names the one picked, its None fields hold its values."""
+        r = resolve_recipe(self)
+        return dataclasses.replace(self, recipe=r.name, **r.values)
+
+    def apply_recipe(self) -> Resolution:
+        """Resolve the recipe in place (what the run trains with and saves); returns what was picked and why."""
+        r = resolve_recipe(self)
+        for name, value in {"recipe": r.name, **r.values}.items():
+            setattr(self, name, value)
+        return r
+
     @property
     def mixing(self) -> bool:
+        """Whether batches are mixed (mixup or cutmix); for resolved args."""
         return (self.mixup > 0 or self.cutmix > 0) and self.mixup_prob > 0
 
 

@@ -4,6 +4,7 @@ The loop is :class:`gmyolo.engine.trainer.Trainer`'s (resume, DDP, Ctrl-C, check
 this file holds what is classification's own: folder datasets with timm's transforms, mixup/cutmix,
 label-smoothed or soft-target cross-entropy, AdamW with the model's no-weight-decay set, timm's
 per-step cosine schedule after a linear warm-up, and top-1 as the fitness (ties: the lower val loss).
+The defaults come from a recipe (:mod:`gmyolo.tasks.classify.recipes`), resolved once in ``setup``.
 
 Every random draw of the training augmentation is seeded per (seed, epoch, image), so a run repeats
 exactly, resumed or not, with any number of workers or processes.
@@ -61,8 +62,15 @@ class ClassificationTrainer(Trainer):
     def seed(self) -> None:
         seed_everything(self.args.seed)
 
+    def resume_args(self) -> None:
+        super().resume_args()
+        if "recipe" not in self.ckpt["args"]:  # a run from before the recipes: the authors' was the only one
+            self.args.recipe = "imagenet"
+
     def setup(self) -> None:
         args, ckpt = self.args, self.ckpt
+        # In place: args.yaml and every checkpoint hold the values the run trains with, and --resume reuses them.
+        LOGGER.info(args.apply_recipe().describe(args.batch))
         train_dir, val_dir = split_folders(args.data)
         train_tf = classify_train_transform(
             args.imgsz,
