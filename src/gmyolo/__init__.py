@@ -31,3 +31,41 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(__all__)
+
+
+def _register_with_timm() -> None:
+    """GroupMixFormer joins timm's model registry when timm is imported (now, if it already is): then
+    ``timm.create_model("groupmixformer_t", ...)`` works after ``import gmyolo``, in either import order,
+    while ``import gmyolo`` alone imports neither timm nor torch."""
+    import sys
+
+    if "timm" in sys.modules:
+        import gmyolo.models.groupmixformer.timm_models  # noqa: F401
+
+        return
+    import importlib.abc
+    import importlib.util
+
+    class AfterTimm(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+        def find_spec(self, name, path=None, target=None):
+            if name != "timm":
+                return None
+            sys.meta_path.remove(self)  # once; the real finder is asked next
+            spec = importlib.util.find_spec("timm")
+            if spec is None or spec.loader is None:
+                return spec
+            self.loader = spec.loader
+            spec.loader = self
+            return spec
+
+        def create_module(self, spec):
+            return self.loader.create_module(spec)
+
+        def exec_module(self, module):
+            self.loader.exec_module(module)
+            import gmyolo.models.groupmixformer.timm_models  # noqa: F401
+
+    sys.meta_path.insert(0, AfterTimm())
+
+
+_register_with_timm()

@@ -22,7 +22,6 @@ import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,6 +40,8 @@ __all__ = [
     "GroupMixAttention",
     "CheckpointError",
     "VARIANTS",
+    "PRETRAINED_CFG",
+    "FeatureInfo",
     "groupmixformer",
     "groupmixformer_m",
     "groupmixformer_t",
@@ -470,13 +471,26 @@ def frozen_batchnorm_stats(module: nn.Module):
 # --------------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class FeatureInfo:
-    """One returned feature map: its stage index, channels and stride (reduction) w.r.t. the input."""
+class FeatureInfo(dict):
+    """One returned feature map: its stage ``index``, ``channels`` and ``stride`` (reduction) w.r.t. the input.
 
-    index: int
-    channels: int
-    stride: int
+    A dict with timm's keys (``num_chs``, ``reduction``, ``module``), so timm's feature machinery reads it too.
+    """
+
+    def __init__(self, index: int, channels: int, stride: int):
+        super().__init__(num_chs=channels, reduction=stride, module=f"groupmixformer_backbone.{index}", index=index)
+
+    @property
+    def index(self) -> int:
+        return self["index"]
+
+    @property
+    def channels(self) -> int:
+        return self["num_chs"]
+
+    @property
+    def stride(self) -> int:
+        return self["reduction"]
 
 
 def check_dims(embedding_dims: Sequence[int], num_heads: int) -> None:
@@ -616,8 +630,16 @@ class GroupMixFormer(nn.Module):
         for stage in self.groupmixformer_backbone:
             stage.grad_checkpointing = enable
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classification head with a freshly initialised one for ``num_classes``."""
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classification head with a freshly initialised one for ``num_classes`` (0: none).
+
+        ``global_pool`` is timm's argument; GroupMixFormer always averages (None or 'avg').
+        """
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"GroupMixFormer pools by averaging; global_pool={global_pool!r} is not supported")
         if self.features_only:
             raise RuntimeError("a features_only GroupMixFormer has no classifier")
         self.num_classes = num_classes
@@ -687,6 +709,63 @@ class GroupMixFormer(nn.Module):
             return [maps[i] for i in self.out_indices]
         return self.forward_head(maps[-1])
 
+    # ---- timm's feature-extraction protocol (timm.create_model(..., features_only=True)) ---------
+    def take_indices(self, indices: int | Sequence[int] | None) -> list[int]:
+        """timm's convention: None = every built stage, n = the last n, a sequence = those stages."""
+        n = self.num_stages
+        if indices is None:
+            return list(range(n))
+        if isinstance(indices, int):
+            if not 0 < indices <= n:
+                raise ValueError(f"GroupMixFormer has {n} stages; cannot take the last {indices}")
+            return list(range(n - indices, n))
+        take = sorted({int(i) % n if i < 0 else int(i) for i in indices})
+        if not take or take[-1] >= n:
+            raise ValueError(f"stage indices must be within 0..{n - 1}, got {list(indices)}")
+        return take
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """The stage maps of ``indices`` (B×C_i×H_i×W_i); with ``intermediates_only=False`` also the final map."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"GroupMixFormer returns NCHW maps, not {output_fmt}")
+        take = self.take_indices(indices)
+        x = self.conv_stem(x.contiguous(memory_format=torch.channels_last))
+        intermediates = []
+        for i, (embed, stage) in enumerate(zip(self.patch_embed_layers, self.groupmixformer_backbone)):
+            if stop_early and i > take[-1]:
+                break
+            x = stage(embed(x))
+            if i in take:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if not self.features_only and not stop_early:
+            x = self.norm4(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
+    ) -> list[int]:
+        """Drop the stages after the last of ``indices`` (and the classifier): what a feature extractor keeps."""
+        take = self.take_indices(indices)
+        keep = take[-1] + 1
+        self.patch_embed_layers = self.patch_embed_layers[:keep]
+        self.groupmixformer_backbone = self.groupmixformer_backbone[:keep]
+        if not self.features_only:
+            if prune_norm:
+                self.norm4 = nn.Identity()
+            if prune_head:
+                self.reset_classifier(0)
+        return take
+
     # ---- checkpoints ----------------------------------------------------------------------------
     def load_pretrained(self, checkpoint: str | os.PathLike | Mapping[str, Any], strict: bool = True):
         """Load an authors'-format checkpoint (a path or a dict); see :func:`load_groupmixformer_weights`.
@@ -721,6 +800,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
         embedding_dims=(240, 320, 360, 480), serial_depths=(8, 10, 30, 10), mlp_ratios=(4, 4, 2, 2), drop_path_rate=0.1
     ),
 }
+
+
+# How each variant's released ImageNet-1K weights expect images (the authors' evaluation: resize to 256/224 of
+# the size, centre crop, bicubic, ImageNet mean and std). timm's pretrained configs are made from this table
+# (timm_models.py), and classification reads its preprocessing defaults from it.
+PRETRAINED_CFG: dict[str, dict[str, Any]] = {
+    v: dict(
+        input_size=(3, 224, 224),
+        crop_pct=0.875,
+        interpolation="bicubic",
+        mean=(0.485, 0.456, 0.406),
+        std=(0.229, 0.224, 0.225),
+        num_classes=1000,
+        first_conv="conv_stem.proj1",
+        classifier="head",
+    )
+    for v in VARIANTS
+}
+MODEL_ZOO = "https://github.com/AILab-CVC/GroupMixFormer#-model-zoo"  # the authors' release (download by hand)
 
 
 def is_variant_name(name: str) -> bool:

@@ -30,6 +30,8 @@ __all__ = [
     "describe_config",
     "variant_of",
     "load_groupmixformer_weights",
+    "check_variant",
+    "checkpoint_filter_fn",
 ]
 
 LOGGER = logging.getLogger("gmyolo")
@@ -114,6 +116,40 @@ def variant_of(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
+def check_variant(state: Mapping[str, torch.Tensor], model: GroupMixFormer) -> dict[str, Any]:
+    """The checkpoint's config, read off its tensors; a :class:`CheckpointError` naming both variants when the
+    model's built stages do not have the same widths, depths and MLP ratios."""
+    found = infer_config_from_state_dict(state)
+    if found is None:
+        sample = ", ".join(list(state)[:3])
+        raise CheckpointError(
+            f"this is not a GroupMixFormer checkpoint: it has none of the patch_embed_layers.* weights "
+            f"(its first keys: {sample}, ...)"
+        )
+    mine, n = model.config, model.num_stages
+    if (found["embedding_dims"][:n], found["serial_depths"][:n]) != (
+        mine["embedding_dims"][:n],
+        mine["serial_depths"][:n],
+    ) or (found["mlp_ratios"][:n] != list(mine["mlp_ratios"][:n])):
+        raise CheckpointError(
+            f"checkpoint is {describe_config(found)} with mlp ratios {found['mlp_ratios']}, but the model is "
+            f"{describe_config(mine)} with mlp ratios {mine['mlp_ratios']}: pick the matching variant"
+        )
+    return found
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Any], model: GroupMixFormer) -> dict[str, torch.Tensor]:
+    """timm's hook between reading a checkpoint and loading it (``build_model_with_cfg``).
+
+    The authors' key names are this model's, so nothing is renamed: the file is unwrapped (``{"model": sd}``,
+    ``module.`` prefixes) and checked to be the model's variant; timm then drops a classifier of another
+    class count and loads the rest strictly.
+    """
+    state = load_checkpoint_state_dict(state_dict)
+    check_variant(state, model)
+    return state
+
+
 def load_groupmixformer_weights(
     model: GroupMixFormer, checkpoint: str | os.PathLike | Mapping[str, Any], strict: bool = True
 ) -> LoadReport:
@@ -124,24 +160,10 @@ def load_groupmixformer_weights(
     exactly when ``strict`` (the default); otherwise one :class:`CheckpointError` says what did not.
     """
     state = load_checkpoint_state_dict(checkpoint)
-    found = infer_config_from_state_dict(state)
-    if found is None:
-        sample = ", ".join(list(state)[:3])
-        raise CheckpointError(
-            f"this is not a GroupMixFormer checkpoint: it has none of the patch_embed_layers.* weights "
-            f"(its first keys: {sample}, ...)"
-        )
+    found = check_variant(state, model)
     mine = model.config
     ours_desc, theirs_desc = describe_config(mine), describe_config(found)
     n = model.num_stages
-    if (found["embedding_dims"][:n], found["serial_depths"][:n]) != (
-        mine["embedding_dims"][:n],
-        mine["serial_depths"][:n],
-    ) or (found["mlp_ratios"][:n] != list(mine["mlp_ratios"][:n])):
-        raise CheckpointError(
-            f"checkpoint is {theirs_desc} with mlp ratios {found['mlp_ratios']}, but the model is "
-            f"{ours_desc} with mlp ratios {mine['mlp_ratios']}: pick the matching variant"
-        )
 
     report = LoadReport()
     model_state = model.state_dict()
