@@ -15,7 +15,7 @@ import tempfile
 import torch
 
 from gmyolo.data.synth import make_synthetic_dataset
-from gmyolo.engine.bench import data_pipeline_rates
+from gmyolo.tools.bench import data_pipeline_rates
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from gmyolo.engine.bench import MODES, BenchArgs, run_bench
+from gmyolo.tools.bench import MODES, BenchArgs, run_bench
 
 
 def main() -> None:

@@ -110,6 +110,17 @@ PWN = "__import__('os').system('touch pwned')"
         ("[-1, 1, Conv, [128, 3, 2]]", "[-1, 1, Conv, [128, '3', 2]]", r"line 8 .*cannot build Conv"),
         ("[-1, 1, Conv, [128, 3, 2]]", f'[-1, 1, Conv, [128, 3, {{s: "{PWN}"}}]]', r"line 8 .*cannot build Conv"),
         ("[-1, 1, C3, [256]]", "[-1, 1, C3, [256, 'True']]", r"line 12 .*cannot build C3"),
+        # Arguments torch would only refuse deep inside a forward pass: checked where the layer is built, or its
+        # first forward (every model runs once when built) names the layer and its input.
+        ("[-1, 1, Conv, [128, 3, 2]]", "[-1, 1, Conv, [128, 3, 0]]", r"line 8 .*layer 1\): .*stride s must be a posi"),
+        ("[-1, 1, Conv, [128, 3, 2]]", "[-1, 1, Conv, [128, 3, 2, -1]]", r"line 8 .*Conv fails on input 1x16x8x8: neg"),
+        ("[-1, 1, C3, [256]]", "[-1, 1, nn.Upsample, [None, 2, cubic]]", r"line 12 .*nn.Upsample fails on input 1x64"),
+        ("[-1, 1, C3, [256]]", "[[-1, 2], 1, Concat, [4]]", r"line 12 .*cannot build Concat .*dimension 4"),
+        ("[-1, 1, C3, [256]]", "[-1, 1, SPPF, [256, 0]]", r"line 12 .*SPPF fails on input 1x64x2x2: kernel size"),
+        ("[-1, 1, C3, [256]]", "[-1, 1, C3k2, [256, False, 0.5, True, 7]]", r"line 12 .*cannot build C3k2"),
+        ("[-1, 1, C3, [256]]", "[-1, 1, A2C2f, [256, True, 3]]", r"line 12 .*A2C2f fails on input 1x64x2x2"),
+        ("[[3], 1, Detect, [nc, anchors]]", "[[3], 1, Detect, [nc, 1, 2]]", r"line 13 .*cannot build Detect"),
+        ("[[3], 1, Detect, [nc, anchors]]", "[[3], 1, Detect, [nc, {end2end: 'True'}]]", r"line 13 .*end2end"),
         ("nc: 2", "nc: !!python/object/apply:os.system ['touch pwned']", r"line 1: not valid YAML"),
         ("head:\n", "head: !!python/name:builtins.exec\n", r"line 11: not valid YAML"),
     ],

@@ -90,3 +90,30 @@ def test_info_detector_bad_yaml(capsys, tmp_path):
     assert main(["info", "--model", str(tmp_path / "bad.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert "line 3" in err and "output width" in err and len(err.splitlines()) == 1
+
+
+# GFLOPs at 640 as `gmyolo info` counts them (torch's FlopCounterMode: convolutions and matrix products of the
+# unfused model). Ultralytics' summaries give 6.6 / 6.1 / 8.9 (its counter adds the BatchNorms; 6.5 / 8.7 fused).
+INFO_GFLOPS = {"yolo11n": 6.54, "yolo26n": 6.08, "yolov8n": 8.74}
+
+
+@pytest.mark.parametrize("name", list(INFO_GFLOPS))
+def test_info_on_ultralytics_yamls(capsys, name):
+    summary = run_json(capsys, "--model", name)
+    assert summary["scale"] == "n" and summary["gflops"] == pytest.approx(INFO_GFLOPS[name], abs=0.01)
+    n = 80 * 80 + 40 * 40 + 20 * 20
+    if name == "yolo26n":  # end-to-end: the top 300 detections, no NMS
+        assert summary["output_format"] == "xyxy_score_class" and summary["output_shapes"]["decoded"] == [1, 300, 6]
+    else:
+        assert summary["output_format"] == "xywh_cls" and summary["output_shapes"]["decoded"] == [1, n, 84]
+        assert summary["output_shapes"]["raw"] == {"boxes": [1, 64, n], "scores": [1, 80, n]}
+
+
+def test_info_scale_argument_and_table(capsys):
+    assert main(["info", "--model", "yolo11", "--scale", "s"]) == 0
+    out = capsys.readouterr().out
+    assert "scale s" in out and "parameters 9,458,752" in out and "C2PSA" in out
+    assert "class scores (no objectness); NMS follows" in out
+    assert main(["info", "--model", "yolo11n", "--scale", "q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "scale 'q' is not one of the file's scales" in err and len(err.splitlines()) == 1

@@ -56,6 +56,13 @@ def test_yolov5_parameter_parity(name):
 def test_parity_table_covers_every_shipped_yolov5_config():
     shipped = {n for n in packaged_models() if n.startswith("yolov5") and "-" not in n}  # not the -gmf- hybrids
     assert shipped == set(YOLOV5_PARAMS)
+    # The Ultralytics families ship one file for all scales (tests/models/test_ultralytics_yaml.py).
+    assert {n for n in packaged_models() if "-" not in n and not n.startswith("yolov5")} == {
+        "yolov8",
+        "yolo11",
+        "yolo12",
+        "yolo26",
+    }
 
 
 def test_yolov5s_layer_order_and_state_dict_names():
@@ -80,10 +87,19 @@ def test_every_shipped_config_builds_and_runs(name):
     for h, w in [(max_stride, 2 * max_stride), (2 * max_stride, 3 * max_stride)]:
         with torch.no_grad():
             decoded, raw = model(torch.randn(1, 3, h, w))
-        assert len(raw) == model.detect.nl
-        for r, s in zip(raw, model.stride.tolist()):  # static strides equal the real ones
-            assert r.shape == (1, model.detect.na, h // s, w // s, model.nc + 5)
-        assert decoded.shape == (1, sum(r[0, ..., 0].numel() for r in raw), model.nc + 5)
+        cells = [(h // s) * (w // s) for s in model.stride.int().tolist()]  # static strides equal the real ones
+        if model.output_format == "xywh_obj_cls":  # YOLOv5's head: one 5D map per level
+            assert len(raw) == model.detect.nl
+            for r, s in zip(raw, model.stride.tolist()):
+                assert r.shape == (1, model.detect.na, h // s, w // s, model.nc + 5)
+            assert decoded.shape == (1, model.detect.na * sum(cells), model.nc + 5)
+        else:  # anchor-free: one point per cell, every level concatenated
+            one2many = raw["one2one"] if model.detect.end2end else raw
+            assert one2many["boxes"].shape == (1, 4 * model.detect.reg_max, sum(cells))
+            assert one2many["scores"].shape == (1, model.nc, sum(cells))
+            width = 6 if model.output_format == "xyxy_score_class" else 4 + model.nc
+            rows = min(sum(cells), model.detect.max_det) if width == 6 else sum(cells)
+            assert decoded.shape == (1, rows, width)
         assert torch.isfinite(decoded).all()
 
 

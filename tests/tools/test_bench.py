@@ -9,6 +9,7 @@ import torch
 
 from gmyolo.tools.bench import (
     BenchArgs,
+    balance,
     bench_train_step,
     build_model,
     format_report,
@@ -65,15 +66,36 @@ def test_detector_every_section():
     inf = report["inference"]
     assert inf["imgsz"] == [64, 64]
     assert {r["mode"] for r in inf["rows"]} == {"eager", "fused", "channels-last", "onnx"}
-    assert "compile" in inf["skipped"] and "literal" in inf["skipped"]  # CPU default; not a GroupMixFormer
+    assert {"compile", "cuda-graph", "literal"} <= set(inf["skipped"])  # CPU defaults; not a GroupMixFormer
+    assert inf["precision"] == report["precision"] == "fp32"  # --amp auto on a CPU
     assert all(r["max_abs_diff_vs_eager"] < 1e-3 for r in inf["rows"])  # decoded boxes are in pixels
     assert report["train"]["images_per_s"] > 0 and report["train"]["optimizer"] == "AdamW"
     p = report["predict"]
     assert p["total_ms"] >= p["inference_ms"] > 0 and 0 < p["model_share"] <= 1
-    assert report["data"]["loader"]["0"]["median"] > 0
+    d = report["data"]
+    assert d["loader"]["0"]["median"] > 0 and d["workers"] == 0 and d["images_per_s"] == d["loader"]["0"]["median"]
+    assert d["training_fed_images_per_s"] > 0 and d["balance"]["bound"] in ("compute", "data")
     text = format_report(report)
-    for part in ("channels-last", "training step", "predict end to end", "data pipeline"):
+    for part in ("channels-last", "training step", "predict end to end", "data pipeline", "-bound: the loader"):
         assert part in text
+
+
+def test_data_bound_verdict():
+    slow_loader = balance(train_rate=400.0, data_rate=250.0, fed_rate=240.0, workers=8)
+    assert slow_loader["bound"] == "data" and slow_loader["data_over_train"] == pytest.approx(0.625)
+    assert slow_loader["text"].startswith("data-bound: the loader (8 worker(s)) delivers 250.0 images/s")
+    assert "fed by this loader: 240.0" in slow_loader["text"]
+    assert balance(train_rate=7.5, data_rate=200.0, fed_rate=None, workers=2)["bound"] == "compute"
+
+
+def test_default_workers_are_the_trainers():
+    args = BenchArgs(model="yolov5n-gmf-nano", imgsz=64, batch=2, threads=1, repeats=1, warmup=0, train=False,
+                     predict=False, modes=["fused"])  # fmt: skip
+    report = run_bench(args)  # --workers not given: what `gmyolo train` would use (min(8, cores, batch))
+    from gmyolo.data.dataset import default_workers
+
+    assert report["data"]["workers"] == default_workers(2) and report["data"]["workers_default"]
+    assert "(the default)" in format_report(report) and "balance" not in report["data"]  # no training step
 
 
 def test_grad_checkpointing_keeps_fewer_activations():

@@ -1,4 +1,5 @@
-"""``gmyolo bench``: parameters, MACs, inference per mode, a training step, predict end to end, data pipeline."""
+"""``gmyolo bench``: parameters, MACs, inference per mode, a training step, predict end to end, data pipeline and
+whether training is data-bound."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 from typing import Any
 
+from ..engine.options import AMP_MODES
 from ..tools.options import MODES, BenchArgs
 from .common import args_as
 
@@ -16,9 +18,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "bench",
         help="speed of a model on this machine: inference modes, training step, predict, data pipeline",
         description=(
-            "Times inference at batch 1 and --batch in each mode (the modes interleaved run by run, medians of "
-            "--repeats runs, ratios from the same run), a training step, predict end to end on one image and the "
-            "training data pipeline. Prints a table, or JSON with --json."
+            "Times inference at batch 1 and --infer-batch in each mode (the modes interleaved run by run, medians of "
+            "--repeats runs, ratios from the same run), a training step at --batch (with --amp and --compile as "
+            "`gmyolo train` applies them; peak GPU memory), predict end to end on one image, and the training data "
+            "pipeline with the workers `gmyolo train` would use: compute-bound or data-bound. Prints a table, or "
+            "JSON with --json."
         ),
     )
     p.add_argument(
@@ -29,7 +33,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--imgsz", type=int, default=None, help="input size (default 640 for a detector, 224 otherwise)")
     p.add_argument(
-        "--batch", type=int, default=d.batch, help=f"the larger batch: throughput, training (default {d.batch})"
+        "--batch", type=int, default=d.batch, help=f"training step and data pipeline batch (default {d.batch})"
+    )
+    p.add_argument(
+        "--infer-batch", type=int, default=None, help="the inference throughput batch (default: --batch); latency: 1"
     )
     p.add_argument("--device", default=d.device, help="'' (auto), cpu, 0, cuda:0")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads for torch and ONNX Runtime")
@@ -40,12 +47,26 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         nargs="+",
         choices=MODES,
         default=None,
-        help="inference modes (default: all that apply; compile only on CUDA, as it compiles for minutes on a CPU)",
+        help="inference modes (default: all that apply; compile and cuda-graph only on CUDA: compiling takes "
+        "minutes on a CPU)",
     )
+    p.add_argument(
+        "--amp",
+        default=d.amp,
+        choices=AMP_MODES,
+        help="precision of the training step and the PyTorch inference modes, as `gmyolo train --amp` (default auto: "
+        "bf16 or fp16 on a GPU, fp32 on a CPU)",
+    )
+    p.add_argument("--compile", action="store_true", help="torch.compile the model in the training step")
     p.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
     p.add_argument("--no-predict", dest="predict", action="store_false", help="skip predict end to end")
     p.add_argument("--no-data", dest="data", action="store_false", help="skip the data pipeline")
-    p.add_argument("--workers", type=int, default=d.workers, help=f"DataLoader workers (default {d.workers})")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers of the data pipeline (default: as `gmyolo train`, min(8, CPU cores, batch))",
+    )
     p.add_argument("--features", action="store_true", help="a GroupMixFormer in features mode (no classifier)")
     p.add_argument(
         "--grad-checkpointing", action="store_true", help="GroupMixFormer activation checkpointing in the training step"

@@ -6,7 +6,7 @@ import argparse
 
 from ..tasks.classify.options import ClassifyPredictArgs, ClassifyTrainArgs, ClassifyValArgs
 from ..tasks.classify.recipes import LARGE_BATCH, LR_FIELDS, RECIPE_CHOICES, RECIPES
-from .common import add_resume_argument, args_as
+from .common import add_resume_argument, add_speed_arguments, args_as
 
 __all__ = ["add_parser"]
 
@@ -44,7 +44,7 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         default=d.device,
         help="'' (auto: first GPU, else CPU), cpu, 0, cuda:0, or 0,1,2,3: DDP, one process each",
     )
-    p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (default %(default)s)")
+    add_speed_arguments(p)
     p.add_argument("--project", default=d.project, help="(default %(default)s)")
     p.add_argument("--name", default=d.name, help="(default %(default)s)")
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
@@ -130,7 +130,6 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--std", type=float, nargs=3, default=d.std, help="normalisation std (RGB) (default %(default)s)")
     r.add_argument("--ema", action="store_true", help="keep an EMA of the weights; validate and save it")
     r.add_argument("--ema-decay", type=float, default=d.ema_decay, help="(default %(default)s)")
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     p.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all GPUs (DDP)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logging")
     p.add_argument(
@@ -159,7 +158,7 @@ def add_val(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, default=None, help="crop size (default: the training size)")
     p.add_argument("--batch", type=int, default=d.batch, help="(default %(default)s)")
     p.add_argument("--device", default=d.device, help="'' (auto: first GPU, else CPU), cpu, 0, cuda:0")
-    p.add_argument("--workers", type=int, default=d.workers, help="(default %(default)s)")
+    p.add_argument("--workers", type=int, default=None, help="loader processes (default: min(8, CPU cores, batch))")
     p.add_argument("--project", default=d.project, help="(default %(default)s)")
     p.add_argument("--name", default=d.name, help="(default %(default)s)")
     p.add_argument("--exist-ok", action="store_true")
@@ -180,7 +179,7 @@ def add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--topk", type=int, default=d.topk, help="(default %(default)s)")
     p.add_argument("--batch", type=int, default=d.batch, help="(default %(default)s)")
     p.add_argument("--device", default=d.device, help="'' (auto: first GPU, else CPU), cpu, 0, cuda:0")
-    p.add_argument("--workers", type=int, default=d.workers, help="(default %(default)s)")
+    p.add_argument("--workers", type=int, default=None, help="loader processes (default: min(8, CPU cores, batch))")
     p.add_argument("--save", default=None, metavar="FILE", help="also write the predictions to FILE.csv or FILE.json")
     p.set_defaults(run=run_predict)
 

@@ -15,6 +15,33 @@ def args_as(cls: type[T], args: argparse.Namespace, **overrides: Any) -> T:
     return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **overrides})
 
 
+def add_speed_arguments(parser: argparse.ArgumentParser, amp: bool = True) -> None:
+    """``--workers``, ``--compile`` and (training) ``--amp auto|bf16|fp16|off`` with ``--no-amp``."""
+    from ..engine.options import AMP_MODES
+
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="data loader worker processes, per GPU under DDP (default: min(8, CPU cores / GPUs, batch), as YOLOv5); "
+        "they stay alive across epochs",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model (not the loss): slower start, faster steps on a GPU; off by default",
+    )
+    if amp:
+        parser.add_argument(
+            "--amp",
+            default="auto",
+            choices=AMP_MODES,
+            help="mixed precision: auto (default) = bf16 on GPUs that have it, else fp16 with a GradScaler, and "
+            "fp32 on a CPU; bf16 (also on a CPU), fp16 (GPUs), or off (fp32). Weights, EMA and checkpoints stay fp32",
+        )
+        parser.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
+
+
 def add_resume_argument(parser: argparse.ArgumentParser) -> None:
     """``--resume [LAST_PT]``: continue an interrupted run (without a path: the latest under --project)."""
     parser.add_argument(

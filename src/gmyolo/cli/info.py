@@ -1,8 +1,9 @@
 """``gmyolo info``: what a model is made of — layers, parameters, MACs and output shapes at a size.
 
 A GroupMixFormer variant name (``groupmixformer-t``) shows the backbone/classifier per stage; a model
-YAML (packaged name or path, e.g. ``yolov5s-gmf-t.yaml``) shows the detector layer by layer, the way
-people check a new config before training it.
+YAML (packaged name or path, e.g. ``yolov5s-gmf-t.yaml``, ``yolo11n.yaml``) shows the detector layer by
+layer, the way people check a new config before training it. A YAML with a ``scales`` block builds the
+scale its name says (``yolo11n`` = ``yolo11.yaml`` at scale n) or the one ``--scale`` names.
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         default=None,
         dest="num_classes",
         help="classes (default: 1000 for a classifier, the YAML's nc for a detector)",
+    )
+    p.add_argument(
+        "--scale",
+        default=None,
+        help="a detector YAML's scale (n, s, m, l, x: a row of its scales block; default: from the file name)",
     )
     p.add_argument("--features", action="store_true", help="backbone features mode: no classifier")
     p.add_argument(
@@ -117,7 +123,7 @@ def detector_info(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from ..models.summary import count_macs, count_parameters
-    from ..models.yolo import DetectionModel
+    from ..models.yolo import OUTPUT_FORMATS, DetectionModel
 
     if args.weights or args.features or args.aggregator != "conv":
         raise ValueError(
@@ -125,7 +131,7 @@ def detector_info(args: argparse.Namespace) -> dict[str, Any]:
             "for a detector YAML set them in the backbone's args"
         )
     imgsz = image_size(args.imgsz or [640])
-    model = DetectionModel(args.model, nc=args.num_classes).eval()
+    model = DetectionModel(args.model, nc=args.num_classes, scale=getattr(args, "scale", None)).eval()
     max_stride = int(model.stride.max())
     if imgsz[0] % max_stride or imgsz[1] % max_stride:
         print(
@@ -143,14 +149,17 @@ def detector_info(args: argparse.Namespace) -> dict[str, Any]:
         "params": count_parameters(model),
         "macs": macs,
         "gflops": 2 * macs / 1e9,
+        "scale": model.yaml.get("scale"),
+        "output_format": model.output_format,
         "layers": [
             dict(index=r.index, source=r.source, number=r.number, params=r.params, module=r.module, args=r.args)
             for r in model.layer_rows
         ],
-        "output_shapes": {"decoded": list(decoded.shape), "raw": [list(r.shape) for r in raw]},
+        "output_shapes": {"decoded": list(decoded.shape), "raw": raw_shapes(raw)},
     }
     if not args.json:
-        print(f"{summary['model']}  nc={model.nc}  input 1x3x{imgsz[0]}x{imgsz[1]}")
+        scale = f"  scale {summary['scale']}" if summary["scale"] else ""
+        print(f"{summary['model']}{scale}  nc={model.nc}  input 1x3x{imgsz[0]}x{imgsz[1]}")
         header = f"{'':>3}  {'from':>12}  {'n':>2}  {'params':>11}  {'module':<24}args"
         print(header)
         for r in model.layer_rows:
@@ -159,8 +168,21 @@ def detector_info(args: argparse.Namespace) -> dict[str, Any]:
             f"layers {len(model.layer_rows)}   parameters {summary['params']:,}   "
             f"GFLOPs {summary['gflops']:.1f} (= 2 x {macs / 1e9:.2f} G MACs)   strides {summary['strides']}"
         )
-        print(
-            f"output: decoded {tuple(decoded.shape)} (xywh, obj, {model.nc} classes); "
-            f"raw {', '.join(str(tuple(r.shape)) for r in raw)}"
-        )
+        print(f"output: decoded {tuple(decoded.shape)} ({OUTPUT_FORMATS[model.output_format]}); raw {raw_text(raw)}")
     return summary
+
+
+def raw_shapes(raw: Any) -> Any:
+    """The shapes in a head's raw output: a list per level (YOLOv5), or a dict of tensors (anchor-free)."""
+    if isinstance(raw, dict):
+        return {k: raw_shapes(v) for k, v in raw.items() if k != "sizes" and v is not None}
+    if isinstance(raw, (list, tuple)):
+        return [raw_shapes(r) for r in raw]
+    return list(raw.shape)
+
+
+def raw_text(raw: Any) -> str:
+    shapes = raw_shapes(raw)
+    if isinstance(shapes, dict):
+        return ", ".join(f"{k} {v if isinstance(v, dict) else tuple(v)}" for k, v in shapes.items())
+    return ", ".join(str(tuple(s)) for s in shapes)

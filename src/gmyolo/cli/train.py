@@ -6,7 +6,7 @@ import argparse
 
 from ..cfg import hyp_names
 from ..tasks.detect.options import TrainArgs
-from .common import add_resume_argument, args_as
+from .common import add_resume_argument, add_speed_arguments, args_as
 
 
 def parse_hyp(items: list[str]) -> dict[str, float]:
@@ -49,7 +49,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", default=d.device, help="'' (auto), cpu, 0, cuda:0, or 0,1,2,3: those GPUs, one process each (DDP)"
     )
-    p.add_argument("--workers", type=int, default=d.workers, help="data loader worker processes (per GPU in DDP)")
+    add_speed_arguments(p)
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
@@ -61,7 +61,6 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--freeze-stages", type=int, default=0, help="freeze the stem and first N GroupMixFormer stages")
     p.add_argument("--close-mosaic", type=int, default=d.close_mosaic, help="no mosaic for the last N epochs")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--no-amp", dest="amp", action="store_false", help="no mixed precision on CUDA")
     p.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all GPUs (DDP)")
     p.add_argument("--cache", action="store_true", help="cache decoded training images in RAM")
     p.add_argument(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..tasks.detect.options import ValArgs
-from .common import args_as
+from .common import add_speed_arguments, args_as
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--imgsz", type=int, default=None, help="image size (default: the training size)")
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--device", default=d.device)
-    p.add_argument("--workers", type=int, default=d.workers)
+    add_speed_arguments(p, amp=False)
     p.add_argument("--conf", type=float, default=d.conf, help="confidence threshold")
     p.add_argument("--iou", type=float, default=d.iou, help="NMS IoU threshold")
     p.add_argument("--max-det", type=int, default=d.max_det)

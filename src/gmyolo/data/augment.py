@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import math
 
-import cv2
 import numpy as np
+
+from .opencv import cv2
 
 __all__ = [
     "stride_multiple",

@@ -27,7 +27,7 @@ from timm.data.auto_augment import AugmentOp
 from torch.utils.data import DataLoader, Dataset
 
 from .config import IMG_FORMATS
-from .dataset import build_dataloader
+from .dataset import EpochState, build_dataloader
 
 __all__ = [
     "IMAGENET_DEFAULT_MEAN",
@@ -76,7 +76,8 @@ class ClassifyFolder(Dataset):
         seed: int | None = None,
     ):
         self.root = Path(root)
-        self.seed, self.epoch = seed, 0
+        self.seed = seed
+        self.state = EpochState(epoch=0)  # shared with persistent loader workers
         found = find_classes(self.root)
         self.names = list(names) if names is not None else found
         unknown = [c for c in found if c not in self.names]
@@ -107,9 +108,14 @@ class ClassifyFolder(Dataset):
         """Images per class, in ``names`` order."""
         return np.bincount(self.targets, minlength=len(self.names)).tolist()
 
+    @property
+    def epoch(self) -> int:
+        return self.state["epoch"]
+
     def set_epoch(self, epoch: int) -> None:
-        """Augmentation of the next epoch (seeded datasets); call before iterating, as workers copy the dataset."""
-        self.epoch = epoch
+        """Augmentation of the next epoch (seeded datasets); reaches persistent workers (shared memory): call it
+        before iterating the loader."""
+        self.state["epoch"] = epoch
 
     def __getitem__(self, i: int) -> tuple[Any, int, str, str | None]:
         path, label = self.samples[i]
@@ -240,17 +246,18 @@ def classify_eval_transform(
 def build_classify_loader(
     dataset: Dataset,
     batch_size: int,
-    workers: int = 2,
+    workers: int | None = None,
     shuffle: bool = False,
     seed: int = 0,
     drop_last: bool = False,
     rank: int = 0,
     world_size: int = 1,
+    pin_memory: bool | None = None,
 ) -> DataLoader:
-    """A loader of :func:`collate_classify` batches (unreadable images dropped and reported); shuffling and
-    the split between ranks as in detection (:func:`gmyolo.data.dataset.build_dataloader`)."""
+    """A loader of :func:`collate_classify` batches (unreadable images dropped and reported); workers, shuffling
+    and the split between ranks as in detection (:func:`gmyolo.data.dataset.build_dataloader`)."""
     return build_dataloader(
-        dataset, batch_size, workers, shuffle, seed, rank, world_size, None, collate_classify, drop_last
+        dataset, batch_size, workers, shuffle, seed, rank, world_size, pin_memory, collate_classify, drop_last
     )
 
 

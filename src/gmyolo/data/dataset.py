@@ -14,7 +14,6 @@ import math
 import os
 from collections.abc import Callable, Mapping
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -22,10 +21,41 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .augment import AUGMENT_DEFAULTS, augment_hsv, letterbox, mixup, random_affine, xywhn_to_xyxy, xyxy_to_xywhn
 from .config import DatasetConfig, DatasetError, list_images
 from .labels import ImageRecord, LabelSummary, load_labels
+from .opencv import cv2, imread
 
-__all__ = ["YOLODataset", "collate_fn", "create_dataset", "build_dataloader"]
+__all__ = [
+    "YOLODataset",
+    "EpochState",
+    "collate_fn",
+    "create_dataset",
+    "build_dataloader",
+    "default_workers",
+    "cpu_cores",
+]
 
 LOGGER = logging.getLogger("gmyolo")
+MAX_WORKERS = 8  # YOLOv5's and Ultralytics' default per process
+
+
+class EpochState:
+    """Small integers a dataset changes between epochs (the epoch, mosaic on/off), in shared memory.
+
+    DataLoader workers are persistent: they start once and hold the dataset object they were given. A
+    plain attribute set on the main process's copy would never reach them; these values live in one shared
+    tensor that the workers see (forked or spawned), so ``set_epoch`` and ``close_mosaic`` take effect at
+    the next epoch without restarting a process. The trainer changes them only between epochs, before the
+    loader is iterated again, so no batch sees a half-changed state.
+    """
+
+    def __init__(self, **values: int):
+        self.names = tuple(values)
+        self.values = torch.tensor([int(v) for v in values.values()], dtype=torch.int64).share_memory_()
+
+    def __getitem__(self, name: str) -> int:
+        return int(self.values[self.names.index(name)])
+
+    def __setitem__(self, name: str, value: int) -> None:
+        self.values[self.names.index(name)] = int(value)
 
 
 class YOLODataset(Dataset):
@@ -39,6 +69,8 @@ class YOLODataset(Dataset):
             the smallest stride multiple that fits it. Use with ``shuffle=False``.
         cache_images: keep decoded, resized images in RAM.
         seed: augmentation of sample i in epoch e depends only on (seed, e, i).
+
+    ``epoch`` and ``mosaic`` are shared with the loader's worker processes (:class:`EpochState`).
     """
 
     def __init__(
@@ -56,8 +88,7 @@ class YOLODataset(Dataset):
     ):
         self.imgsz, self.augment, self.rect, self.stride, self.seed = imgsz, augment, rect, stride, seed
         self.hyp = {**AUGMENT_DEFAULTS, **(hyp or {})}
-        self.mosaic = augment and not rect and self.hyp["mosaic"] > 0
-        self.epoch = 0
+        self.state = EpochState(epoch=0, mosaic=augment and not rect and self.hyp["mosaic"] > 0)
         self.records = list(records)
         self.batch_shapes: np.ndarray | None = None
         if rect:
@@ -69,7 +100,24 @@ class YOLODataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def epoch(self) -> int:
+        return self.state["epoch"]
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.state["epoch"] = epoch
+
+    @property
+    def mosaic(self) -> bool:
+        return bool(self.state["mosaic"])
+
+    @mosaic.setter
+    def mosaic(self, on: bool) -> None:
+        self.state["mosaic"] = on
+
     def set_epoch(self, epoch: int) -> None:
+        """Augmentation of the next epoch; reaches persistent workers (call before iterating the loader)."""
         self.epoch = epoch
 
     def close_mosaic(self) -> None:
@@ -100,7 +148,7 @@ class YOLODataset(Dataset):
     def read_resized(self, i: int) -> np.ndarray:
         """Decode image i (BGR) and resize it so its long side is imgsz."""
         path = self.records[i].image
-        im = cv2.imread(str(path))
+        im = imread(path)
         if im is None:  # passed the check but cannot be decoded now (changed on disk?)
             raise DatasetError(f"cannot read image {path}")
         h0, w0 = im.shape[:2]
@@ -158,10 +206,11 @@ class YOLODataset(Dataset):
         return canvas, np.concatenate([labels[keep, :1], boxes], 1)
 
     def __getitem__(self, index: int):
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        epoch, mosaic = self.state.values.tolist()
+        rng = np.random.default_rng([self.seed, epoch, index])
         hyp, record = self.hyp, self.records[index]
         shapes = None
-        if self.mosaic and rng.random() < hyp["mosaic"]:
+        if mosaic and rng.random() < hyp["mosaic"]:
             im, labels = self.load_mosaic(index, rng)
             if rng.random() < hyp["mixup"]:
                 im, labels = mixup(im, labels, *self.load_mosaic(int(rng.integers(0, len(self))), rng), rng)
@@ -253,10 +302,28 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (a container's or taskset's share, not the whole machine's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def default_workers(batch_size: int, processes: int | None = None) -> int:
+    """YOLOv5's number of loader workers: min(8, CPU cores / training processes on this machine, batch).
+
+    ``processes`` defaults to torchrun's LOCAL_WORLD_SIZE (1 outside torchrun): with 8 GPUs on a 64-core
+    machine each process gets 8 workers, on this project's 2-core machine a single process gets 2.
+    """
+    processes = processes or int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(MAX_WORKERS, cpu_cores() // max(processes, 1), batch_size))
+
+
 def build_dataloader(
     dataset: Dataset,
     batch_size: int,
-    workers: int = 2,
+    workers: int | None = None,
     shuffle: bool = True,
     seed: int = 0,
     rank: int = 0,
@@ -264,19 +331,27 @@ def build_dataloader(
     pin_memory: bool | None = None,
     collate: Callable = collate_fn,
     drop_last: bool = False,
+    prefetch_factor: int = 2,
 ) -> DataLoader:
-    """A DataLoader with worker processes, pinned memory for CUDA, seeded shuffling, and ``collate``
-    (detection's by default; classification passes its own).
+    """A DataLoader with persistent worker processes, prefetching, pinned memory for CUDA, seeded shuffling,
+    and ``collate`` (detection's by default; classification passes its own).
 
     Shuffling goes through a ``DistributedSampler``, also in a single process (``world_size`` 1): the
     order of epoch e is a permutation seeded with ``seed + e`` (call ``loader.sampler.set_epoch(e)``),
     and rank r of ``world_size`` takes every ``world_size``-th image of it. So the union of the ranks'
     k-th batches of ``batch_size`` is the k-th batch of ``batch_size * world_size`` of a single process.
     An unshuffled loader (validation) is not split: every image, in order.
-    Workers are not persistent, so per-epoch changes to the dataset (``set_epoch``, ``close_mosaic``)
-    reach them. ``pin_memory`` None: when CUDA is available (pass False when training on the CPU).
+
+    ``workers`` None: :func:`default_workers`; a number is capped at the CPU cores and the batch. Workers
+    start with the first epoch and live as long as the loader; each keeps ``prefetch_factor`` batches
+    ready. Per-epoch changes to the dataset (``set_epoch``, ``close_mosaic``) reach them through shared
+    memory (:class:`EpochState`); a dataset of your own that changes per epoch must do the same. Every
+    sample's augmentation depends only on (seed, epoch, index), so any number of workers gives the same
+    batches. ``pin_memory`` None: when CUDA is available (pass the training device's ``type == "cuda"``).
     """
-    workers = max(0, min(workers, os.cpu_count() or 1, batch_size))
+    if workers is None:
+        workers = default_workers(batch_size)
+    workers = max(0, min(workers, cpu_cores(), batch_size))
     sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed) if shuffle else None
     generator = torch.Generator()
     generator.manual_seed(seed)
@@ -290,4 +365,6 @@ def build_dataloader(
         worker_init_fn=seed_worker,
         generator=generator,
         drop_last=drop_last,
+        persistent_workers=workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
     )

@@ -6,9 +6,10 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
+
+from .opencv import cv2
 
 __all__ = ["class_colour", "plot_batch", "plot_labels"]
 

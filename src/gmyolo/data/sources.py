@@ -13,10 +13,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .config import IMG_FORMATS
+from .opencv import cv2, imdecode
 
 __all__ = ["Frame", "iter_frames", "VIDEO_FORMATS", "expand_source"]
 
@@ -90,7 +90,7 @@ def read_image(path: Path) -> Frame:
         data = np.fromfile(path, np.uint8)  # np.fromfile + imdecode also handles non-ASCII paths
     except OSError as e:
         return Frame(str(path), None, error=f"cannot read the file ({e.strerror})")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = imdecode(data) if data.size else None
     if image is None:
         return Frame(str(path), None, error="not a readable image")
     return Frame(str(path), image)

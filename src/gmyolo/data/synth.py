@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 import yaml
 
 from ..utils.files import atomic_write
+from .opencv import cv2
 
 __all__ = ["SYNTH_CLASSES", "make_synthetic_dataset"]
 

@@ -147,12 +147,17 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
-    """The mean of ``x`` over all ranks (a new tensor; ``x`` itself when not distributed)."""
+    """The mean of ``x`` over all ranks (a new tensor on ``x``'s device; ``x`` itself when not distributed).
+
+    NCCL reduces CUDA tensors only: a CPU tensor (the epoch's mean losses) goes through this process's GPU.
+    """
     if not is_distributed():
         return x
-    x = x.detach().clone()
-    dist.all_reduce(x)
-    return x / get_world_size()
+    y = x.detach().clone()
+    if y.device.type != "cuda" and dist.get_backend() == "nccl":
+        y = y.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(y)
+    return (y / get_world_size()).to(x.device)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,9 +35,9 @@ class TensorBoardLogger:
 
     def log_image(self, tag: str, path: str | Path, step: int) -> None:
         """An image file (e.g. a plot the run saved)."""
-        import cv2
+        from ..data.opencv import imread
 
-        im = cv2.imread(str(path))
+        im = imread(path)
         if im is None:
             raise OSError(f"cannot read image {path}")
         self.log_array(tag, im[:, :, ::-1].copy(), step)

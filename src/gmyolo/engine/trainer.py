@@ -2,7 +2,8 @@
 
 The base class owns, once for every task: resuming, the run folder, Ctrl-C/SIGTERM and out-of-memory
 handling, tidying an interrupted run, the epoch loop (autocast, GradScaler, gradient accumulation,
-clipping, the NaN stop, EMA), the order in which an epoch's results land (the ``results.csv`` row,
+clipping, the NaN stop, EMA), mixed precision (``--amp``: bf16, or fp16 with a GradScaler), cuDNN autotuning,
+``torch.compile`` of the model (``--compile``), the order in which an epoch's results land (the ``results.csv`` row,
 then ``best.pt``, then ``last.pt``, each written atomically, so ``last.pt`` is never ahead of the
 CSV and a killed run loses at most its unfinished epoch), early stopping agreed by all ranks, DDP and
 TensorBoard scalars.
@@ -63,12 +64,13 @@ from .distributed import (
 from .faults import GracefulInterrupt, out_of_memory_hint, tidy_interrupted_run
 from .loggers import tensorboard_logger
 from .plots import plot_results
+from .precision import Precision, compile_model, cudnn_benchmark, resolve_precision, to_float32
 from .runs import find_last_checkpoint, increment_path, write_csv_row
 
 __all__ = ["Trainer", "Evaluation", "TrainingDiverged", "run_worker"]
 
 LOGGER = logging.getLogger("gmyolo")
-MACHINE_OPTIONS = ("device", "workers", "progress")  # what --resume may change: where it runs, not what
+MACHINE_OPTIONS = ("device", "workers", "progress", "compile")  # what --resume may change: how it runs, not what
 
 
 @dataclass
@@ -103,6 +105,7 @@ class Trainer:
         self.accumulate = 1  # batches per optimizer step
         self.clip_norm = 0.0  # max gradient norm (0: no clipping)
         self.tb = None
+        self.precision = Precision("cpu")  # fp32 until run() resolves --amp on the device
         self.epoch_seconds: list[float] = []  # wall time of each epoch trained in this process
 
     # ---- hooks ----------------------------------------------------------------------------------
@@ -211,6 +214,7 @@ class Trainer:
         args, ckpt = self.args, self.ckpt
         args.check()
         self.device = setup_distributed(args.device, getattr(args, "sync_bn", False))
+        self.precision = resolve_precision(getattr(args, "amp", "auto"), self.device)
         self.rank_batch = per_rank_batch(args.batch)
         self.seed()
         self.setup()
@@ -236,6 +240,8 @@ class Trainer:
         self.weights_dir = self.save_dir / "weights"
         self.weights_dir.mkdir(parents=True, exist_ok=True)
         self.train_model = wrap_model(self.model, self.device, getattr(args, "sync_bn", False))
+        if getattr(args, "compile", False):  # the forward only: the loss, EMA and checkpoints use self.model
+            self.train_model = compile_model(self.train_model, self.device)
         if ckpt is None and is_main_process():
             atomic_write(self.save_dir / "args.yaml", yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
             self.on_train_start()
@@ -244,8 +250,11 @@ class Trainer:
         if ckpt is not None and is_main_process():
             tidy_interrupted_run(self.save_dir, self.start)
         self.log_start()
+        self.log_speed()
         try:
-            last_epoch = self.train_epochs()
+            # Training batches have one size: cuDNN's autotuning pays for itself after the first batches.
+            with cudnn_benchmark(self.device.type == "cuda"):
+                last_epoch = self.train_epochs()
         finally:
             if self.tb is not None:
                 self.tb.close()
@@ -282,14 +291,29 @@ class Trainer:
             self.save_dir,
         )
 
+    def log_speed(self) -> None:
+        """One line: precision, compile, loader workers and pinned memory (what decides the speed)."""
+        loader = self.train_loader
+        workers = loader.num_workers
+        LOGGER.info(
+            "speed: %s%s, torch.compile %s, %d loader worker(s)%s%s",
+            self.precision.name,
+            " autocast" + (" + GradScaler" if self.precision.scaled else "") if self.precision.enabled else "",
+            "on" if getattr(self.args, "compile", False) else "off",
+            workers,
+            " (persistent)" if workers and loader.persistent_workers else "",
+            ", pinned memory" if loader.pin_memory else "",
+        )
+
     @property
     def amp(self) -> bool:
-        return bool(getattr(self.args, "amp", True)) and self.device.type == "cuda"
+        """Whether the forward runs under autocast (``self.precision`` says in which dtype)."""
+        return self.precision.enabled
 
     def train_epochs(self) -> int:
         """The epoch loop; returns the last epoch run (0-based)."""
         args = self.args
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp)
+        scaler = self.precision.scaler()
         best_epoch = self.start - 1
         t_start = time.time()
         epoch = self.start
@@ -357,7 +381,10 @@ class Trainer:
         model.train()
         self.start_epoch(epoch)
         nb = len(self.train_loader)
-        mean_loss = torch.zeros(len(self.loss_names))
+        # On the device: reading it back each batch would wait for the step just queued (a host sync per batch).
+        mean_loss = torch.zeros(len(self.loss_names), device=self.device)
+        on_gpu = self.device.type == "cuda"
+        shown = 0.0  # when the progress bar's text was last set (on a GPU at most twice a second: it syncs)
         optimizer.zero_grad()
         bar = tqdm(
             self.train_loader,
@@ -374,9 +401,11 @@ class Trainer:
             if prepared is None:
                 continue
             images, targets, paths = prepared
-            with torch.autocast(self.device.type, enabled=self.amp), self.memory_hint(images):
-                preds = self.train_model(images)
-                loss, loss_items = self.loss(preds, targets)
+            with self.memory_hint(images):
+                with self.precision.autocast():
+                    preds = self.train_model(images)
+                # The loss in fp32 whatever the forward ran in (bf16 keeps 8 bits of mantissa: too few for IoUs).
+                loss, loss_items = self.loss(to_float32(preds) if self.precision.enabled else preds, targets)
             loss_all = mean_over_ranks(loss)  # a NaN on any rank stops them all
             if not torch.isfinite(loss_all):
                 last = self.weights_dir / "last.pt"
@@ -397,14 +426,16 @@ class Trainer:
                 optimizer.zero_grad()
                 if self.ema is not None:
                     self.ema.update_parameters(model)
-            mean_loss = (mean_loss * n_done + loss_items.detach().float().cpu()) / (n_done + 1)
+            mean_loss = (mean_loss * n_done + loss_items.detach().float().to(self.device)) / (n_done + 1)
             n_done += 1
-            if args.progress:
-                mem = f"{torch.cuda.memory_reserved(self.device) / 1e9:.1f}G" if self.device.type == "cuda" else "cpu"
-                bar.set_description(f"{epoch + 1}/{args.epochs} {mem} {self.progress_text(mean_loss, images, targets)}")
+            if args.progress and (not on_gpu or i == nb - 1 or time.monotonic() - shown > 0.5):
+                shown = time.monotonic()
+                mem = f"{torch.cuda.memory_reserved(self.device) / 1e9:.1f}G" if on_gpu else "cpu"
+                text = self.progress_text(mean_loss.cpu(), images, targets)
+                bar.set_description(f"{epoch + 1}/{args.epochs} {mem} {text}")
             self.on_batch_end(i, images, targets, paths)
         bar.close()
-        return mean_loss
+        return mean_loss.cpu()
 
     def memory_hint(self, images: torch.Tensor):
         return out_of_memory_hint(self.args.batch, self.rank_batch, images)

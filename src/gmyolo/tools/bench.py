@@ -1,9 +1,12 @@
-"""``gmyolo bench``: how fast a model runs on this machine.
+"""``gmyolo bench``: how fast a model runs on this machine, and where the training time goes.
 
-Parameters and MACs; inference latency and throughput at batch 1 and a larger batch in every mode
-(eager, fused, channels-last, torch.compile, ONNX Runtime, and for GroupMixFormer the literal
-spec-order implementation as a reference); a training step (forward, loss, backward, optimizer);
-predict end to end on one image (decode, letterbox, model, NMS); the training data pipeline.
+Parameters and MACs; inference latency at batch 1 and throughput at a larger batch in every mode
+(eager, fused, channels-last, torch.compile, on CUDA a captured CUDA graph, ONNX Runtime, and for
+GroupMixFormer the literal spec-order implementation as a reference); a training step (forward, loss,
+backward, optimizer; with ``--amp`` and ``--compile`` as ``gmyolo train`` applies them, and the peak GPU
+memory); predict end to end on one image (decode, letterbox, model, NMS); the training data pipeline with
+the loader workers ``gmyolo train`` would use, and the verdict: compute-bound or data-bound (the loader
+slower than the training step), with the rate of training steps fed by that loader.
 
 Every measurement: warm-up runs, then ``repeats`` timed runs. The modes are interleaved run by run,
 so that a shared machine's load drifts over all of them alike, and the ratios between modes are
@@ -27,21 +30,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import Dataset
 
 from ..data.config import load_dataset_config
-from ..data.dataset import build_dataloader, create_dataset
+from ..data.dataset import build_dataloader, create_dataset, default_workers
+from ..data.opencv import cv2
 from ..data.synth import make_synthetic_dataset
 from ..engine.device import select_device
+from ..engine.precision import Precision, compile_model, resolve_precision, to_float32
 from ..models.groupmixformer import GroupMixFormer, groupmixformer, is_variant_name, variant_name
 from ..models.groupmixformer.literal import literal_forward_features
 from ..models.summary import count_macs, count_parameters
 from ..models.yolo import DetectionModel
 from ..tasks.detect.hyp import resolve_hyp
-from ..tasks.detect.loss import ComputeLoss, scale_loss_gains
+from ..tasks.detect.loss import loss_gains, make_loss
 from ..tasks.detect.train import build_optimizer
 from .options import MODES, BenchArgs
 
@@ -53,6 +58,8 @@ __all__ = [
     "time_interleaved",
     "summarize",
     "data_pipeline_rates",
+    "loader_rate",
+    "balance",
 ]
 
 LOGGER = logging.getLogger("gmyolo")
@@ -141,15 +148,64 @@ def onnxruntime_providers() -> list[str]:
     return onnxruntime.get_available_providers()
 
 
+class CudaGraphed:
+    """``module`` replayed from CUDA graphs, one captured per input shape (static input and output buffers):
+    one launch per forward instead of one per kernel. The output is overwritten by the next call."""
+
+    def __init__(self, module: nn.Module, precision: Precision):
+        self.module, self.precision = module, precision
+        self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]] = {}
+
+    def capture(self, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph, torch.Tensor, Any]:
+        static_x = x.clone()
+        stream = torch.cuda.Stream(x.device)
+        stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(stream), self.precision.autocast(cache=False):
+            for _ in range(3):  # warm-up outside the graph (lazy buffers, cuDNN's choices)
+                self.module(static_x)
+        torch.cuda.current_stream(x.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), self.precision.autocast(cache=False):
+            static_out = self.module(static_x)
+        return graph, static_x, static_out
+
+    def __call__(self, x: torch.Tensor) -> Any:
+        key = tuple(x.shape)
+        if key not in self.graphs:
+            self.graphs[key] = self.capture(x)
+        graph, static_x, static_out = self.graphs[key]
+        static_x.copy_(x)
+        graph.replay()
+        return static_out
+
+
+def with_precision(fn: Callable[[torch.Tensor], Any], precision: Precision) -> Callable[[torch.Tensor], Any]:
+    if not precision.enabled:
+        return fn
+
+    def run(x: torch.Tensor) -> Any:
+        with precision.autocast():
+            return fn(x)
+
+    return run
+
+
 def inference_modes(
-    model: nn.Module, args: BenchArgs, device: torch.device, workdir: Path
+    model: nn.Module, args: BenchArgs, device: torch.device, workdir: Path, precision: Precision | None = None
 ) -> tuple[dict[str, Callable[[torch.Tensor], Any]], dict[str, str]]:
-    """The forward function of each mode, and why the modes that do not run were skipped."""
-    wanted = args.modes or [m for m in MODES if m != "compile" or device.type == "cuda"]
+    """The forward function of each mode, and why the modes that do not run were skipped.
+
+    The PyTorch modes run under ``precision``'s autocast (bf16 or fp16 on a GPU with ``--amp auto``); ONNX
+    Runtime runs the exported fp32 graph.
+    """
+    precision = precision or Precision(device.type)
+    default = [m for m in MODES if m not in ("compile", "cuda-graph") or device.type == "cuda"]
+    wanted = args.modes or default
     runs: dict[str, Callable[[torch.Tensor], Any]] = {}
     skipped: dict[str, str] = {}
     if args.modes is None and device.type != "cuda":
         skipped["compile"] = "not run on a CPU by default (it compiles for minutes); ask with --modes ... compile"
+        skipped["cuda-graph"] = "CUDA only"
     eager = model.to(device).eval()
     fused = copy.deepcopy(eager).fuse()
     for mode in wanted:
@@ -172,6 +228,11 @@ def inference_modes(
                 skipped[mode] = "torch.compile on a CPU needs a C++ compiler (none found)"
             else:
                 runs[mode] = torch.compile(copy.deepcopy(fused))
+        elif mode == "cuda-graph":
+            if device.type != "cuda":
+                skipped[mode] = "CUDA only"
+            else:
+                runs[mode] = CudaGraphed(copy.deepcopy(fused), precision)
         elif mode == "onnx":
             if device.type == "cuda" and "CUDAExecutionProvider" not in onnxruntime_providers():
                 skipped[mode] = "this onnxruntime has no CUDA provider"
@@ -184,6 +245,9 @@ def inference_modes(
                 runs[mode] = onnx_session(net, example, workdir, torch.get_num_threads(), device)
             except Exception as e:  # an exporter or ORT failure is a result to report, not a crash
                 skipped[mode] = f"export or ONNX Runtime failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"
+    for mode in runs:
+        if mode not in ("onnx", "cuda-graph"):  # ONNX runs its fp32 graph; the graphs captured their autocast
+            runs[mode] = with_precision(runs[mode], precision)
     return runs, skipped
 
 
@@ -195,15 +259,19 @@ def image_size(args: BenchArgs, model: nn.Module) -> tuple[int, int]:
     return size, size
 
 
-def bench_inference(model: nn.Module, args: BenchArgs, device: torch.device, workdir: Path) -> dict[str, Any]:
-    """Latency at batch 1 and throughput at ``args.batch`` for each mode; speed-ups and max |output - eager|."""
-    runs, skipped = inference_modes(model, args, device, workdir)
+def bench_inference(
+    model: nn.Module, args: BenchArgs, device: torch.device, workdir: Path, precision: Precision | None = None
+) -> dict[str, Any]:
+    """Latency at batch 1 and throughput at ``--infer-batch`` (default ``--batch``) for each mode; speed-ups and
+    max |output - eager|."""
+    precision = precision or Precision(device.type)
+    runs, skipped = inference_modes(model, args, device, workdir, precision)
     h, w = image_size(args, model)
     rows = []
     with torch.inference_mode():
-        for batch in sorted({1, args.batch}):
+        for batch in sorted({1, args.infer_batch or args.batch}):
             rows += bench_batch(runs, skipped, batch, (h, w), args, device)
-    return {"imgsz": [h, w], "rows": rows, "skipped": skipped}
+    return {"imgsz": [h, w], "precision": precision.name, "rows": rows, "skipped": skipped}
 
 
 def bench_batch(
@@ -267,51 +335,80 @@ def saved_activation_bytes(step: Callable[[], torch.Tensor]) -> int:
     return sum(seen.values())
 
 
-def bench_train_step(model: nn.Module, args: BenchArgs, device: torch.device) -> dict[str, Any]:
-    """Forward, loss, backward, gradient clipping and optimizer step at ``args.batch`` on random data."""
+def train_step_fn(
+    model: nn.Module, args: BenchArgs, device: torch.device, precision: Precision
+) -> tuple[Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], torch.optim.Optimizer, nn.Module]:
+    """One training step as ``gmyolo train`` runs it, on a copy of ``model``: ``step(images, targets)`` runs the
+    forward under ``precision``'s autocast (compiled with ``--compile``), the loss in fp32, backward (scaled for
+    fp16), clipping and the optimizer; returns the loss. ``targets`` None: a classifier's random labels."""
     model = copy.deepcopy(model).to(device).train()
-    g = torch.Generator().manual_seed(0)
-    h, w = image_size(args, model)
-    x = torch.rand(args.batch, 3, h, w, generator=g).to(device)
-    gmf = [m for m in model.modules() if isinstance(m, GroupMixFormer)]
-    for m in gmf:
-        m.set_grad_checkpointing(args.grad_checkpointing)
-    hyp = resolve_hyp()
+    for m in model.modules():
+        if isinstance(m, GroupMixFormer):
+            m.set_grad_checkpointing(args.grad_checkpointing)
+    forward = compile_model(model, device) if args.compile else model
+    scaler = precision.scaler()
+    g = torch.Generator().manual_seed(1)
     if isinstance(model, DetectionModel):
-        targets = synthetic_targets(args.batch, model.nc, g).to(device)
-        compute_loss = ComputeLoss(model.detect, scale_loss_gains(hyp, model.nc, model.detect.nl, h))
+        head = model.detect
+        hyp = resolve_hyp(head=getattr(head, "hyp_section", "anchor_based"))
+        compute_loss = make_loss(head, loss_gains(hyp, head, model.nc, image_size(args, model)[0]))
         optimizer = build_optimizer(model, "auto", hyp, args.batch, 1, args.batch)
 
-        def loss_fn() -> torch.Tensor:
-            return compute_loss(model(x), targets)[0]
+        def loss_fn(x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+            with precision.autocast():
+                out = forward(x)
+            return compute_loss(to_float32(out), targets)[0]
     else:
         labels = torch.randint(0, max(model.num_classes, 1), (args.batch,), generator=g).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-        def loss_fn() -> torch.Tensor:
-            out = model(x)
-            return (
-                torch.stack([m.float().mean() for m in out]).sum()
-                if isinstance(out, list)
-                else (nn.functional.cross_entropy(out, labels))
-            )
+        def loss_fn(x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+            with precision.autocast():
+                out = to_float32(forward(x))
+            if isinstance(out, list):
+                return torch.stack([m.mean() for m in out]).sum()
+            return nn.functional.cross_entropy(out, labels[: len(x)])
 
-    def step() -> None:
+    def step(x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss_fn().backward()
+        loss = loss_fn(x, targets)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
+        return loss.detach()
 
+    step.loss_fn = loss_fn  # type: ignore[attr-defined]  (saved_activation_bytes)
+    return step, optimizer, model
+
+
+def bench_train_step(
+    model: nn.Module, args: BenchArgs, device: torch.device, precision: Precision | None = None
+) -> dict[str, Any]:
+    """Forward, loss, backward, gradient clipping and optimizer step at ``args.batch`` on random data."""
+    precision = precision or Precision(device.type)
+    g = torch.Generator().manual_seed(0)
+    h, w = image_size(args, model)
+    x = torch.rand(args.batch, 3, h, w, generator=g).to(device)
+    targets = synthetic_targets(args.batch, model.nc, g).to(device) if isinstance(model, DetectionModel) else None
+    step, optimizer, trained = train_step_fn(model, args, device, precision)
     if device.type == "cuda":
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    times = time_interleaved({"train": step}, args.repeats, args.warmup, device)["train"]
+    times = time_interleaved({"train": lambda: step(x, targets)}, args.repeats, args.warmup, device)["train"]
     optimizer.zero_grad(set_to_none=True)
     result = {"batch": args.batch, "imgsz": [h, w], **summarize(times, args.batch)}
     result["optimizer"] = type(optimizer).__name__
+    result["precision"] = precision.name + (" + GradScaler" if precision.scaled else "")
+    result["compile"] = bool(args.compile)
+    gmf = any(isinstance(m, GroupMixFormer) for m in trained.modules())
     result["grad_checkpointing"] = bool(args.grad_checkpointing and gmf)
-    result["saved_activations_mb"] = saved_activation_bytes(loss_fn) / 2**20
-    if device.type == "cuda":
+    if device.type == "cuda":  # the peak of the timed steps, before the activation count below
         result["cuda_max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    if not args.compile:  # saved-tensor hooks are eager-mode machinery
+        result["saved_activations_mb"] = saved_activation_bytes(lambda: step.loss_fn(x, targets)) / 2**20
+    optimizer.zero_grad(set_to_none=True)
     return result
 
 
@@ -367,33 +464,69 @@ def samples_per_second(dataset, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def loader_per_second(dataset, batch: int, workers: int, n_batches: int) -> float:
-    loader = build_dataloader(dataset, batch, workers, shuffle=True, seed=0)
-    it = iter(loader)
-    next(it)  # worker start-up is not throughput
-    start, seen = time.perf_counter(), 0
-    for _ in range(n_batches):
+class Repeated(Dataset):
+    """``dataset`` ``times`` over (index i is sample i mod n): enough batches per epoch for every worker of a
+    large loader, from a small generated dataset."""
+
+    def __init__(self, dataset: Dataset, times: int):
+        self.dataset, self.times = dataset, times
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times
+
+    def __getitem__(self, i: int):
+        return self.dataset[i % len(self.dataset)]
+
+
+def loader_rate(
+    dataset: Dataset,
+    batch: int,
+    workers: int | None,
+    rounds: int = 3,
+    pin_memory: bool = False,
+    consume: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
+    """Images/s of a training loader as ``gmyolo train`` builds it (persistent workers, prefetching).
+
+    Each worker makes whole batches, so the first round of ``workers`` batches is warm-up (it arrives all
+    at once, after the workers' start); then ``rounds`` rounds are timed. ``consume`` (e.g. a training
+    step) runs on every batch, so the rate is then that of training fed by this loader.
+    """
+    workers = default_workers(batch) if workers is None else workers
+    loader = build_dataloader(dataset, batch, workers, shuffle=True, seed=0, pin_memory=pin_memory)
+    warm, timed = max(workers, 1), rounds * max(workers, 1)
+    batches, epoch = iter(loader), 0
+    seen, start = 0, time.perf_counter()
+    for k in range(warm + timed):
+        if k == warm:
+            seen, start = 0, time.perf_counter()
         try:
-            images, *_ = next(it)
+            b = next(batches)
         except StopIteration:
-            it = iter(loader)
-            images, *_ = next(it)
-        seen += len(images)
-    return seen / (time.perf_counter() - start)
+            epoch += 1
+            loader.sampler.set_epoch(epoch)
+            batches = iter(loader)
+            b = next(batches)
+        if consume is not None:
+            consume(b)
+        seen += len(b[0])
+    seconds = time.perf_counter() - start
+    return {"workers": loader.num_workers, "images": seen, "seconds": seconds, "images_per_s": seen / seconds}
 
 
 def data_pipeline_rates(
     data_yaml: str | os.PathLike,
     imgsz: int,
     batch: int,
-    workers: list[int],
+    workers: list[int | None],
     samples: int = 64,
     repeats: int = 3,
     mosaic: tuple[float, ...] = (1.0,),
 ) -> dict[str, Any]:
-    """Training images/s: decode + augmentation in this process (per mosaic setting), then whole loaders."""
+    """Training images/s: decode + augmentation in this process (per mosaic setting), then whole loaders
+    (``None`` in ``workers``: the number ``gmyolo train`` picks), medians of ``repeats``."""
     data = load_dataset_config(data_yaml)
-    result: dict[str, Any] = {"imgsz": imgsz, "one_process": {}, "loader": {}}
+    result: dict[str, Any] = {"imgsz": imgsz, "batch": batch, "one_process": {}, "loader": {}}
     for m in mosaic:
         ds, _ = create_dataset(data, "train", imgsz, augment=True, hyp={"mosaic": m})
         samples_per_second(ds, min(8, samples))
@@ -405,9 +538,81 @@ def data_pipeline_rates(
         }
     ds, _ = create_dataset(data, "train", imgsz, augment=True)
     for w in workers:
-        rates = [loader_per_second(ds, batch, w, max(2, samples // batch)) for _ in range(repeats)]
-        result["loader"][str(w)] = {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+        n = default_workers(batch) if w is None else w
+        repeated = Repeated(ds, -(-(max(n, 1) * batch * 2) // len(ds)))  # >= 2 batches per worker and epoch
+        runs = [
+            loader_rate(repeated, batch, n, rounds=max(1, samples // (batch * max(n, 1))) + 1) for _ in range(repeats)
+        ]
+        rates = [r["images_per_s"] for r in runs]
+        result["loader"][str(runs[0]["workers"])] = {
+            "median": statistics.median(rates),
+            "min": min(rates),
+            "max": max(rates),
+        }
     return result
+
+
+def bench_data(
+    model: DetectionModel,
+    args: BenchArgs,
+    device: torch.device,
+    workdir: Path,
+    precision: Precision,
+    train_rate: float | None,
+) -> dict[str, Any]:
+    """The training data pipeline at the model's size and ``--batch`` with ``--workers`` (default: what
+    ``gmyolo train`` picks): in this process, through the loader, and (with the training step) training
+    fed by that loader; the balance between them."""
+    h, _ = image_size(args, model)
+    yaml_file = make_synthetic_dataset(workdir / "synth", seed=0, n_train=64, n_val=4, imgsz=h)
+    workers = default_workers(args.batch) if args.workers is None else args.workers
+    result = data_pipeline_rates(yaml_file, h, args.batch, [workers], samples=args.batch * 2, repeats=args.repeats)
+    result["workers"] = workers
+    result["workers_default"] = args.workers is None
+    result["images"] = f"synthetic PNGs of about {h} px, mosaic on"
+    rate = result["loader"][str(workers)]["median"]
+    result["images_per_s"] = rate
+    if train_rate is not None:
+        data = load_dataset_config(yaml_file)
+        ds, _ = create_dataset(data, "train", h, augment=True, hyp={"mosaic": 1.0})
+        step, _, _ = train_step_fn(model, args, device, precision)
+
+        def train_on(batch: Any) -> None:
+            images, targets = batch[0], batch[1]
+            step(images.to(device, non_blocking=True).float() / 255, targets.to(device))
+
+        fed = loader_rate(
+            Repeated(ds, -(-(max(workers, 1) * args.batch * 2) // len(ds))),
+            args.batch,
+            workers,
+            rounds=max(1, -(-args.repeats // max(workers, 1))),
+            pin_memory=device.type == "cuda",
+            consume=train_on,
+        )
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        result["training_fed_images_per_s"] = fed["images_per_s"]
+        result["balance"] = balance(train_rate, rate, fed["images_per_s"], workers)
+    return result
+
+
+def balance(train_rate: float, data_rate: float, fed_rate: float | None, workers: int) -> dict[str, Any]:
+    """Which side limits training: ``data`` when the loader delivers fewer images/s than the step consumes."""
+    bound = "data" if data_rate < train_rate else "compute"
+    ratio = data_rate / train_rate
+    if bound == "data":
+        text = (
+            f"data-bound: the loader ({workers} worker(s)) delivers {data_rate:.1f} images/s, the training step could "
+            f"take {train_rate:.1f} ({1 / ratio:.2f}x): more --workers, --cache, or smaller images on disk"
+        )
+    else:
+        text = (
+            f"compute-bound: the loader ({workers} worker(s)) delivers {data_rate:.1f} images/s, {ratio:.2f}x the "
+            f"{train_rate:.1f} images/s the training step takes"
+        )
+    if fed_rate is not None:
+        text += f"; training fed by this loader: {fed_rate:.1f} images/s"
+    return {"bound": bound, "data_over_train": ratio, "text": text}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -449,6 +654,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     device = select_device(args.device)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    precision = resolve_precision(args.amp, device)
     model = build_model(args)
     h, w = image_size(args, model)
     report: dict[str, Any] = {
@@ -459,21 +665,24 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         "warmup": args.warmup,
         "params": count_parameters(model),
         "macs": count_macs(model, (h, w)),
+        "precision": precision.name,
     }
     with tempfile.TemporaryDirectory(prefix="gmyolo-bench-") as tmp:
         workdir = Path(tmp)
-        LOGGER.info("bench %s: inference (%d threads, %s)", args.model, torch.get_num_threads(), device)
-        report["inference"] = bench_inference(model, args, device, workdir)
+        LOGGER.info(
+            "bench %s: inference (%d threads, %s, %s)", args.model, torch.get_num_threads(), device, precision.name
+        )
+        report["inference"] = bench_inference(model, args, device, workdir, precision)
         if args.train:
             LOGGER.info("bench %s: training step", args.model)
-            report["train"] = bench_train_step(model, args, device)
+            report["train"] = bench_train_step(model, args, device, precision)
         if args.predict and isinstance(model, DetectionModel):
             LOGGER.info("bench %s: predict end to end", args.model)
             report["predict"] = bench_predict(model, args, device, workdir)
         if args.data and isinstance(model, DetectionModel):
             LOGGER.info("bench %s: data pipeline", args.model)
-            yaml_file = make_synthetic_dataset(workdir / "synth", seed=0, n_train=64, n_val=4)
-            report["data"] = data_pipeline_rates(yaml_file, h, args.batch, [args.workers], repeats=args.repeats)
+            train_rate = report["train"]["images_per_s"] if "train" in report else None
+            report["data"] = bench_data(model, args, device, workdir, precision, train_rate)
     return report
 
 
@@ -484,7 +693,8 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"{r['model']} ({r['kind']}): {r['params']:,} parameters, {r['macs'] / 1e9:.2f} GMACs at "
         f"{inf['imgsz'][0]}x{inf['imgsz'][1]}",
-        f"{env['device']} {env['device_name']}, {env['threads']} thread(s), torch {env['torch']}, "
+        f"{env['device']} {env['device_name']}, {env['threads']} thread(s), {inf.get('precision', 'fp32')}, "
+        f"torch {env['torch']}, "
         f"onnxruntime {env['onnxruntime']}; medians of {r['repeats']} runs after {r['warmup']} warm-up, "
         "modes interleaved",
         "",
@@ -504,15 +714,18 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"{mode:<14}skipped: {why}")
     if "train" in r:
         t = r["train"]
+        kept = t.get("saved_activations_mb")
         lines += [
             "",
-            f"training step (forward, loss, backward, {t['optimizer']} step), batch {t['batch']} at "
-            f"{t['imgsz'][0]}x{t['imgsz'][1]}: median {t['median_ms']:.0f} ms ({t['min_ms']:.0f}..{t['max_ms']:.0f}), "
-            f"{t['images_per_s']:.2f} images/s; {t['saved_activations_mb']:.0f} MB of activations kept for backward"
+            f"training step (forward, loss, backward, {t['optimizer']} step; {t['precision']}"
+            + (", compiled" if t["compile"] else "")
+            + f"), batch {t['batch']} at {t['imgsz'][0]}x{t['imgsz'][1]}: median {t['median_ms']:.0f} ms "
+            f"({t['min_ms']:.0f}..{t['max_ms']:.0f}), {t['images_per_s']:.2f} images/s"
+            + (f"; {kept:.0f} MB of activations kept for backward" if kept is not None else "")
             + (" (grad checkpointing)" if t["grad_checkpointing"] else ""),
         ]
         if "cuda_max_memory_mb" in t:
-            lines[-1] += f"; CUDA peak {t['cuda_max_memory_mb']:.0f} MB"
+            lines[-1] += f"; peak GPU memory {t['cuda_max_memory_mb']:.0f} MB"
     if "predict" in r:
         p = r["predict"]
         lines += [
@@ -524,6 +737,11 @@ def format_report(r: dict[str, Any]) -> str:
     if "data" in r:
         d = r["data"]
         rates = [f"one process {v['median']:.1f}" for v in d["one_process"].values()]
-        rates += [f"DataLoader with {w} worker(s) {v['median']:.1f}" for w, v in d["loader"].items()]
+        rates += [
+            f"DataLoader with {w} worker(s){' (the default)' if d.get('workers_default') else ''} {v['median']:.1f}"
+            for w, v in d["loader"].items()
+        ]
         lines += ["", f"training data pipeline at {d['imgsz']} px (mosaic on), images/s: " + ", ".join(rates)]
+        if "balance" in d:
+            lines.append(d["balance"]["text"])
     return "\n".join(lines)

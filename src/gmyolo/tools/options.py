@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..engine.options import amp_mode, check_workers
+
 __all__ = ["BenchArgs", "MODES"]
 
-MODES = ("literal", "eager", "fused", "channels-last", "compile", "onnx")
+MODES = ("literal", "eager", "fused", "channels-last", "compile", "cuda-graph", "onnx")
 
 
 @dataclass
@@ -15,16 +17,19 @@ class BenchArgs:
         "yolov5n-gmf-m"  # detector YAML (packaged name or path), gmyolo checkpoint, or groupmixformer-m|t|s|b|l
     )
     imgsz: int | None = None  # default: 640 for a detector, 224 for a GroupMixFormer
-    batch: int = 8  # the larger batch (inference throughput, training step)
+    batch: int = 8  # the training batch (training step, data pipeline); inference throughput too, unless infer_batch
+    infer_batch: int | None = None  # the larger inference batch (default: batch); latency is always at batch 1
     device: str = ""
     threads: int | None = None  # torch (and ONNX Runtime) intra-op threads; default: torch's
     repeats: int = 5
     warmup: int = 2
     modes: list[str] | None = None  # default: all that apply; compile only on CUDA (minutes to compile on a CPU)
+    amp: str = "auto"  # precision of the training step and the inference modes on a GPU (as `gmyolo train --amp`)
+    compile: bool = False  # torch.compile the model in the training step (as `gmyolo train --compile`)
     train: bool = True
     predict: bool = True
     data: bool = True
-    workers: int = 2  # DataLoader workers for the data pipeline
+    workers: int | None = None  # DataLoader workers for the data pipeline; None: as `gmyolo train` picks them
     features: bool = False  # a GroupMixFormer in features mode (no classifier)
     grad_checkpointing: bool = False  # GroupMixFormer activation checkpointing in the training step
 
@@ -34,8 +39,12 @@ class BenchArgs:
         for name in ("batch", "repeats"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        if self.warmup < 0 or self.workers < 0:
-            raise ValueError("--warmup and --workers must not be negative")
+        if self.infer_batch is not None and self.infer_batch < 1:
+            raise ValueError(f"--infer-batch must be a positive integer, got {self.infer_batch}")
+        if self.warmup < 0:
+            raise ValueError("--warmup must not be negative")
+        check_workers(self.workers)
+        self.amp = amp_mode(self.amp)
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be a positive integer, got {self.threads}")
         unknown = sorted(set(self.modes or []) - set(MODES))

@@ -6,8 +6,10 @@ copies over tensor by tensor. Shapes: B×C×H×W throughout.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 
 import torch
 from torch import nn
@@ -17,6 +19,8 @@ from ..groupmixformer import GMABlock, GMAStage
 
 __all__ = [
     "autopad",
+    "default_activation",
+    "activation_during_build",
     "Conv",
     "DWConv",
     "Bottleneck",
@@ -31,6 +35,24 @@ __all__ = [
 
 # YOLOv5 trains its BatchNorms with these settings (set in its initialize_weights).
 BN_EPS, BN_MOMENTUM = 1e-3, 0.03
+# The activation of every Conv built with act=True: SiLU, unless a model YAML's ``activation`` names another
+# while that model is built (a context variable, so nothing leaks to other models or threads).
+_ACTIVATION: ContextVar[Callable[[], nn.Module] | None] = ContextVar("gmyolo_activation", default=None)
+
+
+def default_activation() -> nn.Module:
+    make = _ACTIVATION.get()
+    return nn.SiLU(inplace=True) if make is None else make()
+
+
+@contextlib.contextmanager
+def activation_during_build(make: Callable[[], nn.Module] | None) -> Iterator[None]:
+    """Within the block, Conv(act=True) uses ``make()`` (None: SiLU) as its activation."""
+    token = _ACTIVATION.set(make)
+    try:
+        yield
+    finally:
+        _ACTIVATION.reset(token)
 
 
 def autopad(k: int | Sequence[int], p: int | None = None, d: int = 1) -> int | list[int]:
@@ -49,7 +71,7 @@ class Conv(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(c1, c2, k, s, autopad(k, p, d), groups=g, dilation=d, bias=False)
         self.bn = nn.BatchNorm2d(c2, eps=BN_EPS, momentum=BN_MOMENTUM)
-        self.act = nn.SiLU(inplace=True) if act is True else act if isinstance(act, nn.Module) else nn.Identity()
+        self.act = default_activation() if act is True else act if isinstance(act, nn.Module) else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
@@ -160,20 +182,27 @@ class SPP(nn.Module):
 
 
 class SPPF(nn.Module):
-    """Fast SPP: three chained max-pools of kernel k, equal to SPP(k=(5, 9, 13)) for k=5."""
+    """Fast SPP: chained max-pools of kernel k, equal to SPP(k=(5, 9, 13)) for k=5 and 3 pools.
 
-    def __init__(self, c1: int, c2: int, k: int = 5):
+    ``[c2, k]`` is YOLOv5's block (cv1 activated, 3 pools). Giving the number of pools ``n`` selects YOLO26's
+    form, ``[c2, k, n, shortcut]``: cv1 without activation and, with ``shortcut`` (and c1 == c2), x added back.
+    """
+
+    def __init__(self, c1: int, c2: int, k: int = 5, n: int | None = None, shortcut: bool = False):
         super().__init__()
         c_ = c1 // 2
-        self.cv1 = Conv(c1, c_, 1, 1)
-        self.cv2 = Conv(c_ * 4, c2, 1, 1)
+        self.n = 3 if n is None else n
+        self.cv1 = Conv(c1, c_, 1, 1, act=n is None)
+        self.cv2 = Conv(c_ * (self.n + 1), c2, 1, 1)
         self.m = nn.MaxPool2d(kernel_size=k, stride=1, padding=k // 2)
+        self.add = shortcut and c1 == c2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.cv1(x)
-        y1 = self.m(x)
-        y2 = self.m(y1)
-        return self.cv2(torch.cat((x, y1, y2, self.m(y2)), 1))
+        y = [self.cv1(x)]
+        for _ in range(self.n):
+            y.append(self.m(y[-1]))
+        out = self.cv2(torch.cat(y, 1))
+        return x + out if self.add else out
 
 
 class Focus(nn.Module):

@@ -1,4 +1,8 @@
-"""The YOLOv5 detection head: one 1×1 conv per level, anchor-based box decoding in eval mode."""
+"""The YOLOv5 detection head: one 1×1 conv per level, anchor-based box decoding in eval mode.
+
+Every detection head declares the layout of its decoded (eval-mode) output as ``output_format``, one of
+:data:`OUTPUT_FORMATS`; post-processing, validation, prediction and exported files follow it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,14 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["Detect"]
+__all__ = ["Detect", "OUTPUT_FORMATS", "YOLOV5_FORMAT"]
+
+YOLOV5_FORMAT = "xywh_obj_cls"
+OUTPUT_FORMATS = {
+    YOLOV5_FORMAT: "B×N×(5+nc): cx, cy, w, h in input pixels, objectness, class scores; NMS follows",
+    "xywh_cls": "B×N×(4+nc): cx, cy, w, h in input pixels, class scores (no objectness); NMS follows",
+    "xyxy_score_class": "B×K×6: x1, y1, x2, y2 in input pixels, score, class id, best first; no NMS (end-to-end)",
+}
 
 
 def ordered_by_stride(anchors: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
@@ -30,6 +41,8 @@ class Detect(nn.Module):
     """
 
     export = False  # when True, eval mode returns only the decoded tensor (for ONNX)
+    output_format = YOLOV5_FORMAT
+    hyp_section = "anchor_based"  # the loss and hyper-parameters it trains with
 
     def __init__(
         self,

@@ -11,10 +11,13 @@ import torch
 from torch import nn
 
 from ...errors import ModelConfigError
+from .anchor_free import AnchorFreeDetect
 from .builder import BackboneOutput, load_model_yaml, parse_model
 from .head import Detect
 
-__all__ = ["DetectionModel"]
+__all__ = ["DetectionModel", "HEADS"]
+
+HEADS = (Detect, AnchorFreeDetect)  # what a detector's last layer may be
 
 LOGGER = logging.getLogger("gmyolo")
 
@@ -23,20 +26,26 @@ class DetectionModel(nn.Module):
     """A YOLO detector built from a model YAML.
 
     Args:
-        cfg: packaged model name ('yolov5s', 'yolov5s-gmf-t'), a path to a YAML file, or a dict.
+        cfg: packaged model name ('yolov5s', 'yolo11n', 'yolov5s-gmf-t'), a path to a YAML file, or a dict.
         ch: input channels.
         nc: number of classes; overrides the file's ``nc``.
+        scale: the row of the YAML's ``scales`` block ('n', 's', ...); default: from the file name.
 
-    Train mode returns the raw per-level head outputs (B×na×H×W×(5+nc) each); eval mode returns
-    ``(decoded, raw)`` with decoded B×N×(5+nc): xywh in input pixels, objectness and class scores
-    after sigmoid.
+    Train mode returns the head's raw outputs; eval mode returns ``(decoded, raw)``. The head declares the
+    layout of ``decoded`` (``model.detect.output_format``, see :data:`gmyolo.models.yolo.head.OUTPUT_FORMATS`):
+    YOLOv5's Detect gives B×N×(5+nc) (xywh in input pixels, objectness, class scores after sigmoid), the
+    anchor-free Detect B×N×(4+nc), its end-to-end variant B×K×6 top-k detections.
     """
 
     def __init__(
-        self, cfg: str | os.PathLike | Mapping[str, Any] = "yolov5s-gmf-t", ch: int = 3, nc: int | None = None
+        self,
+        cfg: str | os.PathLike | Mapping[str, Any] = "yolov5s-gmf-t",
+        ch: int = 3,
+        nc: int | None = None,
+        scale: str | None = None,
     ):
         super().__init__()
-        d = load_model_yaml(cfg)
+        d = load_model_yaml(cfg, scale)
         if nc is not None and nc != d["nc"]:
             if not isinstance(nc, int) or nc < 1:
                 raise ModelConfigError(f"nc must be a positive integer, got {nc!r}")
@@ -47,7 +56,7 @@ class DetectionModel(nn.Module):
         self.nc = d["nc"]
         self.names = {i: str(i) for i in range(self.nc)}
         head = self.model[-1]
-        if not isinstance(head, Detect):
+        if not isinstance(head, HEADS):
             raise ModelConfigError(f"{d['_source']}: the last layer must be Detect, got {type(head).__name__}")
         head.initialize_biases()
 
@@ -56,8 +65,13 @@ class DetectionModel(nn.Module):
         return self.model[-1].stride
 
     @property
-    def detect(self) -> Detect:
+    def detect(self) -> Detect | AnchorFreeDetect:
         return self.model[-1]
+
+    @property
+    def output_format(self) -> str:
+        """The layout of the decoded output (a key of :data:`~gmyolo.models.yolo.head.OUTPUT_FORMATS`)."""
+        return self.detect.output_format
 
     def forward(self, x: torch.Tensor):
         y: list[torch.Tensor | None] = []

@@ -1,9 +1,11 @@
 """The registry of modules a model YAML may name, and how each one computes its outputs.
 
 Every entry pairs a constructor with a *rule*: a function that receives the layer as written in
-the YAML plus what the parser knows (input channels and strides, width multiple, nc, anchors) and
-returns the built module with its output channels and strides. The parser has no per-module
-special cases; adding a block is one ``register_module`` call. Nothing read from a file is ever
+the YAML plus what the parser knows (input channels and strides, width multiple, channel cap and
+scale, nc, anchors, the head options) and returns the built module with its output channels and
+strides. The parser has no per-module special cases; adding a block is one ``register_module``
+call. What a block means for the rest of the model (YOLO11-era blocks select the newer class branch
+of the anchor-free head) it records in ``LayerContext.shared``. Nothing read from a file is ever
 evaluated as Python: names are looked up here, argument strings stay strings.
 """
 
@@ -19,7 +21,8 @@ from typing import Any
 from torch import nn
 
 from ..groupmixformer import GroupMixFormer, groupmixformer
-from . import common
+from . import blocks, common
+from .anchor_free import AnchorFreeDetect
 from .head import Detect
 
 __all__ = ["LayerContext", "BuiltLayer", "LayerType", "MODULES", "register_module", "make_divisible", "checked"]
@@ -43,6 +46,12 @@ class LayerContext:
     width_multiple: float
     nc: int
     num_outputs_detect: int  # na * (nc + 5): a channel count that width_multiple must not touch
+    raw_args: list[Any] = field(default_factory=list)  # args as written ('nc', 'anchors' unresolved)
+    max_channels: float = math.inf  # the scale's channel cap (Ultralytics' scales: [depth, width, max_channels])
+    scale: str | None = None  # the model scale ('n', 's', ...) when the YAML has a scales block
+    reg_max: int = 16  # anchor-free Detect: bins per box side (the YAML's top-level reg_max)
+    end2end: bool = False  # anchor-free Detect: add the one-to-one branches (the YAML's end2end)
+    shared: dict[str, Any] = field(default_factory=dict)  # model-wide facts that rules record for later layers
 
 
 @dataclass
@@ -110,11 +119,19 @@ def bound_argument(constructor: Callable[..., nn.Module], args: list[Any], kwarg
 # --------------------------------------------------------------------------------------------------
 # Rules
 # --------------------------------------------------------------------------------------------------
-def scaled_channels(repeat_inside: bool = False, stride_factor: float = 1.0) -> Rule:
-    """YOLOv5's rule: args[0] is the output width, scaled by width_multiple and rounded to 8.
+def scaled_channels(
+    repeat_inside: bool = False,
+    stride_factor: float = 1.0,
+    adjust: Callable[[list[Any], LayerContext], None] | None = None,
+    newer_head: bool = False,
+) -> Rule:
+    """YOLOv5's rule: args[0] is the output width, capped at the scale's max_channels, scaled by width_multiple
+    and rounded up to 8 (Ultralytics' rule; the cap is infinite without a scales block).
 
-    The input width is prepended; blocks that repeat internally (C3, ...) take the repeat count as
+    The input width is prepended; blocks that repeat internally (C3, C2f, ...) take the repeat count as
     their third argument. The output stride is the input's times the ``s`` argument (default 1).
+    ``adjust(args, ctx)`` edits the final arguments (a scale-dependent default); ``newer_head`` records that
+    the model uses YOLO11-era blocks, which select the depthwise class branch of the anchor-free head.
     """
 
     def rule(constructor, ctx: LayerContext) -> BuiltLayer:
@@ -122,19 +139,45 @@ def scaled_channels(repeat_inside: bool = False, stride_factor: float = 1.0) -> 
             raise ValueError(f"the first argument must be the output width (a number), got {ctx.args[:1]}")
         c1, (c2, *rest) = ctx.in_channels[0], ctx.args
         if c2 != ctx.num_outputs_detect:
-            c2 = make_divisible(c2 * ctx.width_multiple, 8)
+            c2 = make_divisible(min(c2, ctx.max_channels) * ctx.width_multiple, 8)
         args, n = [c1, c2, *rest], ctx.number
         if repeat_inside:
             args.insert(2, n)
             n = 1
-        s = bound_argument(constructor, args, ctx.kwargs, "s") or 1
+        if adjust is not None:
+            adjust(args, ctx)
+        if newer_head:
+            ctx.shared["legacy_head"] = False
+        s = bound_argument(constructor, args, ctx.kwargs, "s")
+        if s is None:
+            s = 1
+        elif not isinstance(s, int) or isinstance(s, bool) or s < 1:
+            raise ValueError(f"the stride s must be a positive integer, got {s!r}")
         module = repeat(constructor, n, args, ctx.kwargs)
         return BuiltLayer(module, [c2], [ctx.in_strides[0] * s * stride_factor], args)
 
     return rule
 
 
+def c3k_for_larger_scales(args: list[Any], ctx: LayerContext) -> None:
+    """C3k2 at scales m, l and x uses C3k inner blocks whatever the YAML says (as Ultralytics builds them)."""
+    if ctx.scale in ("m", "l", "x"):
+        args[3:4] = [True]
+
+
+def residual_attention_for_larger_scales(args: list[Any], ctx: LayerContext) -> None:
+    """A2C2f at scales l and x: residual with a learnt gain, and an MLP ratio of 1.2 (as Ultralytics builds them)."""
+    if ctx.scale in ("l", "x"):
+        args.extend((True, 1.2))
+
+
 def concat_channels(constructor, ctx: LayerContext) -> BuiltLayer:
+    dimension = bound_argument(constructor, ctx.args, ctx.kwargs, "dimension")
+    if dimension not in (1, -3):
+        raise ValueError(
+            f"Concat joins B×C×H×W maps along their channels (dimension 1); dimension {dimension!r} "
+            "would not give the summed channel count the next layers are built for"
+        )
     if len(set(ctx.in_strides)) > 1:
         raise ValueError(f"Concat inputs have different strides {ctx.in_strides}; their maps cannot be joined")
     return BuiltLayer(constructor(*ctx.args, **ctx.kwargs), [sum(ctx.in_channels)], [ctx.in_strides[0]], ctx.args)
@@ -153,13 +196,23 @@ def batchnorm_channels(constructor, ctx: LayerContext) -> BuiltLayer:
 
 
 def detect_head(constructor, ctx: LayerContext) -> BuiltLayer:
-    """Detect(nc, anchors): the input widths and strides of its levels are appended."""
-    nc, anchors, *rest = ctx.args
-    if isinstance(anchors, int):  # YOLOv5: "anchors: 3" means 3 placeholder anchors per level (fit later)
-        anchors = [list(range(anchors * 2))] * len(ctx.in_channels)
-    args = [nc, anchors, list(ctx.in_channels), *rest]
-    module = constructor(*args, strides=list(ctx.in_strides), **ctx.kwargs)
-    return BuiltLayer(module, [module.no * module.na], list(ctx.in_strides), args)
+    """``Detect``: YOLOv5's anchor-based head when anchors follow nc (``[nc, anchors]``), else the anchor-free
+    head of YOLOv8 / YOLO11 / YOLO26 (``[nc]``, with the YAML's ``reg_max`` and ``end2end``). The input
+    widths and strides of its levels are appended."""
+    if len(ctx.raw_args) >= 2:
+        nc, anchors, *rest = ctx.args
+        if isinstance(anchors, int):  # YOLOv5: "anchors: 3" means 3 placeholder anchors per level (fit later)
+            anchors = [list(range(anchors * 2))] * len(ctx.in_channels)
+        args = [nc, anchors, list(ctx.in_channels), *rest]
+        module = constructor(*args, strides=list(ctx.in_strides), **ctx.kwargs)
+        return BuiltLayer(module, [module.no * module.na], list(ctx.in_strides), args)
+    if len(ctx.args) != 1:
+        raise ValueError(f"Detect takes [nc] (anchor-free) or [nc, anchors] (YOLOv5), got {ctx.raw_args}")
+    options = dict(reg_max=ctx.reg_max, end2end=ctx.end2end, legacy=ctx.shared.get("legacy_head", True))
+    options.update(ctx.kwargs)
+    args = [ctx.args[0], options["reg_max"], options["end2end"], list(ctx.in_channels)]
+    module = checked(AnchorFreeDetect)(ctx.args[0], ch=list(ctx.in_channels), strides=list(ctx.in_strides), **options)
+    return BuiltLayer(module, [module.no], list(ctx.in_strides), args)
 
 
 def backbone_maps(constructor, ctx: LayerContext) -> BuiltLayer:
@@ -203,6 +256,15 @@ def _register_defaults() -> None:
     register_module("Focus", common.Focus, scaled_channels(stride_factor=2))  # space-to-depth halves the map
     for name in ("C3", "BottleneckCSP", "C3GMA"):
         register_module(name, getattr(common, name), scaled_channels(repeat_inside=True))
+    # YOLOv8 / YOLOv10 / YOLO11 / YOLO12 / YOLO26 blocks
+    for name in ("C2f", "C2PSA"):
+        register_module(name, getattr(blocks, name), scaled_channels(repeat_inside=True))
+    register_module("C3k2", blocks.C3k2, scaled_channels(True, adjust=c3k_for_larger_scales, newer_head=True))
+    register_module(
+        "A2C2f", blocks.A2C2f, scaled_channels(True, adjust=residual_attention_for_larger_scales, newer_head=True)
+    )
+    for name in ("PSA", "SCDown"):
+        register_module(name, getattr(blocks, name))
     register_module("Concat", common.Concat, concat_channels)
     for name in ("nn.Upsample", "Upsample"):
         register_module(name, nn.Upsample, same_channels)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from ...engine.options import amp_mode, check_workers
 from .recipes import Resolution, resolve_recipe
 
 __all__ = [
@@ -28,7 +29,7 @@ class ClassifyTrainArgs:
     imgsz: int = 224
     batch: int = 64
     device: str = ""
-    workers: int = 8
+    workers: int | None = None  # loader processes per GPU; None: min(8, CPU cores / GPUs, batch) as YOLOv5
     project: str = "runs/classify/train"
     name: str = "exp"
     exist_ok: bool = False
@@ -58,7 +59,8 @@ class ClassifyTrainArgs:
     std: list[float] = field(default_factory=lambda: list(IMAGENET_DEFAULT_STD))
     ema: bool = False  # keep an EMA of the weights, validate and save it as the model
     ema_decay: float = 0.9998
-    amp: bool = True  # mixed precision on CUDA
+    amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on the CPU) | bf16 | fp16 | off
+    compile: bool = False  # torch.compile the model for training (not the loss)
     sync_bn: bool = False  # BatchNorm statistics over all GPUs (DDP)
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     patience: int = 0  # stop after this many epochs without a better top-1 (0: never)
@@ -76,7 +78,9 @@ class ClassifyTrainArgs:
         self.resolved()._check_values()
 
     def _check_values(self) -> None:
-        for name in ("workers", "patience", "warmup_epochs", "lr", "warmup_lr", "min_lr", "weight_decay", "clip_grad"):
+        check_workers(self.workers)
+        self.amp = amp_mode(self.amp)  # run files of gmyolo < 0.2 hold True/False
+        for name in ("patience", "warmup_epochs", "lr", "warmup_lr", "min_lr", "weight_decay", "clip_grad"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         for name in ("label_smoothing", "reprob", "mixup_prob", "mixup_switch_prob", "hflip", "ema_decay"):
@@ -122,7 +126,7 @@ class ClassifyValArgs:
     imgsz: int | None = None  # default: the training size (224 for an authors' checkpoint)
     batch: int = 64
     device: str = ""
-    workers: int = 8
+    workers: int | None = None  # None: min(8, CPU cores, batch)
     project: str = "runs/classify/val"
     name: str = "exp"
     exist_ok: bool = False
@@ -138,6 +142,6 @@ class ClassifyPredictArgs:
     topk: int = 5
     batch: int = 32
     device: str = ""
-    workers: int = 2
+    workers: int | None = None  # None: min(8, CPU cores, batch)
     save: str | None = None  # write the predictions to this .csv or .json file
     progress: bool = True

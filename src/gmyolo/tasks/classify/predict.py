@@ -7,14 +7,13 @@ import csv
 import glob
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from ...data.classify import ImageList, classify_eval_transform, collate_classify
+from ...data.classify import ImageList, build_classify_loader, classify_eval_transform
 from ...data.config import IMG_FORMATS
 from ...engine.device import select_device
 from ...utils.files import atomic_open, atomic_write
@@ -55,11 +54,8 @@ def classify_predict(args: ClassifyPredictArgs) -> list[dict[str, Any]]:
     names = info["names"] or [str(i) for i in range(model.num_classes)]
     imgsz = args.imgsz or info["imgsz"]
     transform = classify_eval_transform(imgsz, info["crop_pct"], info["interpolation"], info["mean"], info["std"])
-    loader = torch.utils.data.DataLoader(
-        ImageList(list_sources(args.source), transform),
-        batch_size=args.batch,
-        num_workers=max(0, min(args.workers, os.cpu_count() or 1)),
-        collate_fn=collate_classify,
+    loader = build_classify_loader(
+        ImageList(list_sources(args.source), transform), args.batch, args.workers, pin_memory=device.type == "cuda"
     )
     k = min(args.topk, len(names))
     results, seen = [], set()

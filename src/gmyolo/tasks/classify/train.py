@@ -116,8 +116,11 @@ class ClassificationTrainer(Trainer):
             drop_last=True,
             rank=get_rank(),
             world_size=get_world_size(),
+            pin_memory=self.device.type == "cuda",
         )
-        val_loader = build_classify_loader(self.val_set, args.batch, args.workers)
+        val_loader = build_classify_loader(
+            self.val_set, args.batch, args.workers, pin_memory=self.device.type == "cuda"
+        )
         self.mixup = make_mixup(args, len(self.names))
         self.criterion = build_criterion(args)
         return train_loader, val_loader

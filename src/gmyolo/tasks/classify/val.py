@@ -152,7 +152,7 @@ def classify_val(args: ClassifyValArgs) -> dict[str, Any]:
     names = dataset.names
     if len(names) != model.num_classes:
         raise ValueError(f"{split_dir} has {len(names)} class folders but {args.weights} predicts {model.num_classes}")
-    loader = build_classify_loader(dataset, args.batch, args.workers)
+    loader = build_classify_loader(dataset, args.batch, args.workers, pin_memory=device.type == "cuda")
     metrics = evaluate(model.to(device), loader, names, device, args.progress)
     save_dir = increment_path(Path(args.project) / args.name, args.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,12 @@
 """Run a detector from any file it ships as: a gmyolo checkpoint (.pt), ONNX (.onnx) or TorchScript (.torchscript).
 
 Every backend is called with a B×3×H×W float tensor in [0, 1] (RGB, letterboxed) and returns the decoded
-B×N×(5+nc) tensor of the Detect head (xywh in input pixels, objectness, class scores). Each also knows the
-class names, the largest stride, the image size it was trained or exported at, and whether it accepts other
-image sizes and batch sizes — so predict and val treat the three file kinds the same way.
+tensor of the Detect head, in the layout its ``output_format`` names (YOLOv5's B×N×(5+nc): xywh in input
+pixels, objectness, class scores; the anchor-free B×N×(4+nc); the end-to-end B×K×6 top-k rows; see
+:data:`gmyolo.models.yolo.head.OUTPUT_FORMATS`). Each also knows the class names, the largest stride, the
+image size it was trained or exported at, and whether it accepts other image sizes and batch sizes — so
+predict and val treat the three file kinds the same way. Files exported before the layout was recorded
+carry YOLOv5's, which is what they hold.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import numpy as np
 import torch
 
 from ...models.groupmixformer import CheckpointError
-from ...models.yolo import DetectionModel
+from ...models.yolo import OUTPUT_FORMATS, DetectionModel
+from ...models.yolo.head import YOLOV5_FORMAT
 from .checkpoint import load_checkpoint, model_from_checkpoint
 
 __all__ = [
@@ -54,6 +58,12 @@ class Backend:
         self.dynamic_size = bool(metadata.get("dynamic_size", True))
         self.dynamic_batch = bool(metadata.get("dynamic_batch", True))
         self.data: str | None = metadata.get("data")  # the dataset YAML it was trained on, if known
+        self.output_format: str = metadata.get("output_format", YOLOV5_FORMAT)
+        if self.output_format not in OUTPUT_FORMATS:
+            raise CheckpointError(
+                f"this {self.kind} model's output format {self.output_format!r} is not one gmyolo knows "
+                f"({', '.join(OUTPUT_FORMATS)}); a newer gmyolo may have written it"
+            )
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -77,7 +87,7 @@ class TorchBackend(Backend):
     """A DetectionModel in eval mode (BatchNorm fused unless ``fuse=False``)."""
 
     def __init__(self, model: DetectionModel, device: torch.device, metadata: dict[str, Any], fuse: bool = True):
-        super().__init__(metadata, device)
+        super().__init__({**metadata, "output_format": model.output_format}, device)  # the model knows its own
         model = model.to(device).eval()
         self.model = model.fuse() if fuse else model
 
@@ -158,6 +168,7 @@ def checkpoint_metadata(ckpt: dict[str, Any], model: DetectionModel) -> dict[str
         "data": ckpt.get("data"),
         "dynamic_size": True,
         "dynamic_batch": True,
+        "output_format": model.output_format,
     }
 
 
@@ -165,7 +176,11 @@ def load_backend(weights: str | os.PathLike | DetectionModel, device: torch.devi
     """A backend for a checkpoint (.pt/.pth), an .onnx or .torchscript file, or a DetectionModel in memory."""
     device = torch.device(device)
     if isinstance(weights, DetectionModel):
-        meta = {"names": [weights.names[i] for i in range(weights.nc)], "stride": int(weights.stride.max())}
+        meta = {
+            "names": [weights.names[i] for i in range(weights.nc)],
+            "stride": int(weights.stride.max()),
+            "output_format": weights.output_format,
+        }
         return TorchBackend(weights, device, meta)
     path = Path(weights)
     suffix = path.suffix.lower()

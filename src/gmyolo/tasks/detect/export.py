@@ -1,10 +1,13 @@
 """``gmyolo export`` / ``YOLO(...).export()``: a checkpoint to ONNX or TorchScript, checked against PyTorch.
 
-The exported graph is the fused inference model (BatchNorm folded) returning the decoded B×N×(5+nc)
-tensor; the batch axis is always dynamic, the image size optionally. Class names, stride, image size and
-the training dataset travel in the file's metadata, so predict and val need nothing else. After export
-the file is run (onnxruntime / torch.jit.load) and compared with PyTorch on the same inputs; the file is
-only put in place if the largest difference is within ``tolerance``.
+The exported graph is the fused inference model (BatchNorm folded) returning the decoded tensor of its
+head (YOLOv5's B×N×(5+nc), the anchor-free B×N×(4+nc), or the end-to-end B×K×6 top-k rows: the layout is
+recorded as ``output_format``); the batch axis is always dynamic, the image size optionally. Class names,
+stride, image size, output format and the training dataset travel in the file's metadata, so predict and
+val need nothing else. After export the file is run (onnxruntime / torch.jit.load) and compared with
+PyTorch on the same inputs; the file is only put in place if the largest difference is within ``tolerance``.
+End-to-end outputs are compared as sets of detections (each row against the nearest row of the same class),
+since two detections of almost equal score may come out in either order.
 """
 
 from __future__ import annotations
@@ -128,13 +131,32 @@ def check_inputs(example: torch.Tensor, stride: int, dynamic: bool, dynamic_batc
 
 def max_difference(exported: Backend, reference: DetectionModel, inputs: list[torch.Tensor]) -> float:
     worst = 0.0
+    ranked = reference.output_format == "xyxy_score_class"
     with torch.no_grad():
         for x in inputs:
             want = reference(x)
             got = exported(x).to(want.device)
             if got.shape != want.shape:
                 raise ExportError(f"exported output has shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
-            worst = max(worst, (got - want).abs().max().item())
+            difference = detections_difference(got, want) if ranked else (got - want).abs().max().item()
+            worst = max(worst, difference)
+    return worst
+
+
+def detections_difference(got: torch.Tensor, want: torch.Tensor, margin: float = 1e-4) -> float:
+    """B×K×6 ranked detections: the largest distance (max |difference| over the 6 values) from a detection of
+    either side to the nearest detection of the same class on the other. Rows scoring within ``margin`` of the
+    K-th score are only matched, not required: a near-tie at the cut may keep a different detection."""
+    worst = 0.0
+    for a, b in zip(got.float(), want.float()):
+        cut = min(a[:, 4].min().item(), b[:, 4].min().item()) + margin
+        for rows, other in ((a, b), (b, a)):
+            rows = rows[rows[:, 4] > cut]
+            if not len(rows):
+                continue
+            distance = (rows[:, None, :] - other[None, :, :]).abs().amax(-1)  # K×K
+            distance[rows[:, None, 5] != other[None, :, 5]] = float("inf")
+            worst = max(worst, distance.amin(1).max().item())
     return worst
 
 

@@ -1,4 +1,5 @@
-"""YOLOv5's detection loss: anchor assignment, CIoU box loss, IoU-target objectness, BCE classes.
+"""YOLOv5's detection loss: anchor assignment, CIoU box loss, IoU-target objectness, BCE classes; and
+:func:`make_loss`, which gives every head its own loss (the anchor-free heads': :mod:`.loss_tal`).
 
 Targets are M×6 rows ``[image index, class, cx, cy, w, h]`` normalised to the input size. A target
 is assigned to every anchor whose width and height ratios to it are below ``anchor_t`` (4.0), in the
@@ -14,9 +15,11 @@ from torch import nn
 from torchvision.ops import box_convert, complete_box_iou_loss
 
 from ...engine.distributed import get_world_size, mean_over_ranks
-from ...models.head import Detect
+from ...models.yolo.anchor_free import AnchorFreeDetect
+from ...models.yolo.head import Detect
+from .loss_tal import AnchorFreeLoss, EndToEndLoss
 
-__all__ = ["ComputeLoss", "LEVEL_BALANCE", "scale_loss_gains"]
+__all__ = ["ComputeLoss", "LEVEL_BALANCE", "scale_loss_gains", "loss_gains", "make_loss", "loss_names"]
 
 # Objectness loss weight per level (P3, P4, P5 and the P3..P7 set of YOLOv5).
 LEVEL_BALANCE = {3: [4.0, 1.0, 0.4]}
@@ -32,6 +35,29 @@ def scale_loss_gains(hyp: Mapping[str, float], nc: int, nl: int, imgsz: int) -> 
     hyp["cls"] *= nc / 80 * 3 / nl
     hyp["obj"] *= (imgsz / 640) ** 2 * 3 / nl
     return hyp
+
+
+def loss_gains(hyp: Mapping[str, float], detect: Detect | AnchorFreeDetect, nc: int, imgsz: int) -> dict[str, float]:
+    """The gains a head's loss uses: YOLOv5's scaled to the model and data (:func:`scale_loss_gains`); the
+    anchor-free heads' as they are (their losses are normalised by the assigned targets instead)."""
+    if isinstance(detect, AnchorFreeDetect):
+        return dict(hyp)
+    return scale_loss_gains(hyp, nc, detect.nl, imgsz)
+
+
+def make_loss(detect: Detect | AnchorFreeDetect, hyp: Mapping[str, float], distributed: bool = False):
+    """The loss of ``detect``'s kind: :class:`ComputeLoss` (YOLOv5), :class:`~.loss_tal.AnchorFreeLoss`, or
+    :class:`~.loss_tal.EndToEndLoss` (end-to-end heads). Each is called as ``loss(raw, targets)``."""
+    if isinstance(detect, AnchorFreeDetect):
+        return EndToEndLoss(detect, hyp, distributed) if detect.end2end else AnchorFreeLoss(detect, hyp, distributed)
+    return ComputeLoss(detect, hyp, distributed)
+
+
+def loss_names(detect: Detect | AnchorFreeDetect) -> tuple[str, str, str]:
+    """The names of the three loss items (results.csv columns ``train/<name>`` and ``val/<name>``)."""
+    if isinstance(detect, AnchorFreeDetect):
+        return ("box_loss", "cls_loss", "dfl_loss" if detect.reg_max > 1 else "l1_loss")
+    return ("box_loss", "obj_loss", "cls_loss")
 
 
 class ComputeLoss:

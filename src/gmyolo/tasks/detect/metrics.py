@@ -11,6 +11,7 @@ from torchvision.ops import box_iou
 __all__ = [
     "IOU_THRESHOLDS",
     "match_predictions",
+    "coco_matches",
     "one_to_one",
     "ap_per_class",
     "DetectionMetrics",
@@ -27,21 +28,49 @@ def fitness(map50: float, map50_95: float) -> float:
 
 
 def match_predictions(
-    detections: torch.Tensor, labels: torch.Tensor, iouv: torch.Tensor = IOU_THRESHOLDS
+    detections: torch.Tensor, labels: torch.Tensor, iouv: torch.Tensor = IOU_THRESHOLDS, rule: str = "best_iou"
 ) -> torch.Tensor:
     """Which detections are true positives at each IoU threshold.
 
     detections: n×6 [x1, y1, x2, y2, score, class]; labels: m×5 [class, x1, y1, x2, y2] (same pixels).
-    Returns n×len(iouv) bool. Each label matches at most one detection: pairs are taken best IoU first.
+    Returns n×len(iouv) bool. Each label matches at most one detection. ``rule`` ``best_iou`` (YOLOv5's, and
+    Ultralytics'): pairs are taken best IoU first; ``coco`` (pycocotools'): detections in score order, each
+    taking the unmatched label of its class it overlaps most (:func:`coco_matches`).
     """
     correct = torch.zeros(len(detections), len(iouv), dtype=torch.bool)
     if not len(detections) or not len(labels):
         return correct
     iou = box_iou(labels[:, 1:], detections[:, :4]).cpu()
     same_class = (labels[:, 0:1] == detections[:, 5]).cpu()
+    if rule == "coco":
+        return coco_matches(iou, same_class, detections[:, 4].cpu(), iouv)
+    if rule != "best_iou":
+        raise ValueError(f"unknown matching rule {rule!r}; known: best_iou, coco")
     for k, t in enumerate(iouv.tolist()):
         _, dets_idx = one_to_one(iou, (iou >= t) & same_class)
         correct[dets_idx, k] = True
+    return correct
+
+
+def coco_matches(iou: torch.Tensor, same_class: torch.Tensor, scores: torch.Tensor, iouv: torch.Tensor) -> torch.Tensor:
+    """pycocotools' matching: detections by descending score (stable), each matched, per IoU threshold, to the
+    not yet matched label of its class with the highest IoU at or above the threshold. iou, same_class: m×n.
+    Returns n×len(iouv) bool."""
+    m, n = iou.shape
+    t = iouv.view(1, -1)
+    correct = torch.zeros(n, len(iouv), dtype=torch.bool)
+    used = torch.zeros(m, len(iouv), dtype=torch.bool)
+    overlap = torch.where(same_class, iou, torch.full_like(iou, -1.0))
+    reachable = (overlap >= t.min()).any(0)  # detections that can match at the lowest threshold
+    columns = torch.arange(len(iouv))
+    for j in torch.argsort(scores, descending=True, stable=True).tolist():
+        if not reachable[j]:
+            continue
+        candidates = (overlap[:, j : j + 1] >= t) & ~used  # m×T
+        best = torch.where(candidates, overlap[:, j : j + 1], torch.tensor(-1.0)).argmax(0)  # T
+        hit = candidates[best, columns]
+        used[best[hit], columns[hit]] = True
+        correct[j] = hit
     return correct
 
 

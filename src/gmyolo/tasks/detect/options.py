@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...engine.options import amp_mode, check_workers
+
 __all__ = ["TrainArgs", "ValArgs", "PredictArgs", "ExportArgs", "EXPORT_FORMATS", "DEFAULT_OPSET"]
 
 EXPORT_FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript"}
@@ -26,7 +28,7 @@ class TrainArgs:
     batch: int = 16
     nbs: int = 16  # nominal batch: gradients accumulate over nbs/batch batches per step (YOLOv5: 64)
     device: str = ""
-    workers: int = 2
+    workers: int | None = None  # loader processes per GPU; None: min(8, CPU cores / GPUs, batch) as YOLOv5
     project: str = "runs/train"
     name: str = "exp"
     exist_ok: bool = False
@@ -38,7 +40,8 @@ class TrainArgs:
     freeze_stages: int = 0  # freeze the stem and first N GroupMixFormer stages
     close_mosaic: int = 5  # no mosaic for the last N epochs
     seed: int = 0
-    amp: bool = True  # mixed precision on CUDA
+    amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on the CPU) | bf16 | fp16 | off
+    compile: bool = False  # torch.compile the model for training (not the loss)
     sync_bn: bool = False  # BatchNorm statistics over all GPUs (DDP)
     cache: bool = False  # keep decoded training images in RAM
     hyp: dict[str, float] | str = field(default_factory=dict)  # overrides, or a packaged set's name or a YAML path
@@ -52,7 +55,9 @@ class TrainArgs:
         for name in ("epochs", "imgsz", "batch", "nbs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("workers", "patience", "freeze", "freeze_stages", "close_mosaic"):
+        check_workers(self.workers)
+        self.amp = amp_mode(self.amp)  # run files of gmyolo < 0.2 hold True/False
+        for name in ("patience", "freeze", "freeze_stages", "close_mosaic"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.optimizer.lower() not in ("auto", "sgd", "adamw"):
@@ -67,7 +72,8 @@ class ValArgs:
     imgsz: int | None = None  # default: the training size
     batch: int = 32
     device: str = ""
-    workers: int = 2
+    workers: int | None = None  # None: min(8, CPU cores, batch)
+    compile: bool = False  # torch.compile a checkpoint's model (exported files run as they are)
     conf: float = 0.001
     iou: float = 0.6
     max_det: int = 300
@@ -91,6 +97,7 @@ class PredictArgs:
     classes: list[int] | None = None  # keep only these class ids
     agnostic_nms: bool = False
     device: str = ""
+    compile: bool = False  # torch.compile a checkpoint's model (exported files run as they are)
     vid_stride: int = 1  # use every n-th video frame
     save: bool = True  # annotated images / videos
     save_txt: bool = False  # YOLO-format labels per image (labels/<stem>.txt)

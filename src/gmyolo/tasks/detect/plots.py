@@ -14,8 +14,9 @@ from torchvision.ops import box_convert
 
 from ...data.plots import plot_batch
 from ...engine.plots import draw_confusion, pyplot
+from ...models.yolo.head import YOLOV5_FORMAT
 from .metrics import ConfusionMatrix, DetectionMetrics
-from .postprocess import non_max_suppression
+from .postprocess import postprocess
 
 __all__ = ["plot_metric_curves", "plot_confusion_matrix", "PredictionPictures"]
 
@@ -107,7 +108,8 @@ class PredictionPictures:
         model.train(was_training)
         h, w = images.shape[2:]
         rows = []
-        for i, det in enumerate(non_max_suppression(decoded.float(), self.conf, self.iou, max_det=100)):
+        output_format = getattr(model, "output_format", YOLOV5_FORMAT)
+        for i, det in enumerate(postprocess(decoded.float(), output_format, self.conf, self.iou, max_det=100)):
             det = det.cpu()
             xywh = box_convert(det[:, :4], "xyxy", "cxcywh") / torch.tensor([w, h, w, h])
             rows.append(torch.cat([torch.full((len(det), 1), float(i)), det[:, 5:6], xywh, det[:, 4:5]], 1))

@@ -1,11 +1,62 @@
-"""From decoded head outputs to image-space detections: NMS and mapping boxes back to original pixels."""
+"""From decoded head outputs to image-space detections: NMS (or the end-to-end heads' top-k, which needs
+none) and mapping boxes back to original pixels.
+
+:func:`postprocess` reads the decoded layout a head declares (``output_format``, see
+:data:`gmyolo.models.yolo.head.OUTPUT_FORMATS`): YOLOv5's xywh + objectness + classes and the anchor-free
+xywh + classes go through NMS; the end-to-end heads' ranked xyxy + score + class rows are only filtered.
+"""
 
 from __future__ import annotations
 
 import torch
 from torchvision.ops import batched_nms, box_convert
 
-__all__ = ["non_max_suppression", "scale_boxes", "clip_boxes"]
+from ...models.yolo.head import OUTPUT_FORMATS, YOLOV5_FORMAT
+
+__all__ = ["postprocess", "non_max_suppression", "top_k_detections", "scale_boxes", "clip_boxes"]
+
+
+def postprocess(
+    decoded: torch.Tensor,
+    output_format: str = YOLOV5_FORMAT,
+    conf_thres: float = 0.25,
+    iou_thres: float = 0.45,
+    classes: list[int] | None = None,
+    agnostic: bool = False,
+    multi_label: bool = False,
+    max_det: int = 300,
+) -> list[torch.Tensor]:
+    """Per image, an n×6 tensor ``[x1, y1, x2, y2, score, class]`` (input pixels), best first."""
+    if output_format not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown output format {output_format!r}; known: {', '.join(OUTPUT_FORMATS)}")
+    if output_format == "xyxy_score_class":
+        return top_k_detections(decoded, conf_thres, classes, max_det)
+    return non_max_suppression(
+        decoded,
+        conf_thres,
+        iou_thres,
+        classes,
+        agnostic,
+        multi_label,
+        max_det,
+        objectness=output_format == YOLOV5_FORMAT,
+    )
+
+
+def top_k_detections(
+    decoded: torch.Tensor, conf_thres: float = 0.25, classes: list[int] | None = None, max_det: int = 300
+) -> list[torch.Tensor]:
+    """End-to-end output B×K×6 (xyxy, score, class; ranked by the head) -> per image the rows above
+    ``conf_thres`` (of ``classes`` if given), at most ``max_det``. No NMS: the one-to-one head has none."""
+    if not 0 <= conf_thres <= 1:
+        raise ValueError(f"conf_thres must be in [0, 1], got {conf_thres}")
+    out = []
+    for x in decoded:
+        x = x[x[:, 4] > conf_thres]
+        if classes is not None:
+            x = x[(x[:, 5:6] == torch.tensor(classes, device=x.device, dtype=x.dtype)).any(1)]
+        out.append(x[:max_det])
+    return out
 
 
 def non_max_suppression(
@@ -17,23 +68,26 @@ def non_max_suppression(
     multi_label: bool = False,
     max_det: int = 300,
     max_nms: int = 30000,
+    objectness: bool = True,
 ) -> list[torch.Tensor]:
     """Per image, an n×6 tensor ``[x1, y1, x2, y2, score, class]`` (input pixels), best first.
 
-    ``decoded``: B×N×(5+nc) from the Detect head (xywh, objectness, class scores). Score = objectness ×
-    class score. ``multi_label`` keeps every class above the threshold per box (used for mAP).
+    ``decoded``: B×N×(5+nc) from YOLOv5's Detect head (xywh, objectness, class scores; score = objectness ×
+    class score), or with ``objectness=False`` B×N×(4+nc) from the anchor-free head (score = class score).
+    ``multi_label`` keeps every class above the threshold per box (used for mAP).
     """
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
         raise ValueError(f"conf_thres and iou_thres must be in [0, 1], got {conf_thres}, {iou_thres}")
-    nc = decoded.shape[2] - 5
+    first = 5 if objectness else 4  # the first class column
+    nc = decoded.shape[2] - first
     multi_label &= nc > 1
     out = []
     for x in decoded:
-        x = x[x[:, 4] > conf_thres]
+        x = x[x[:, 4] > conf_thres] if objectness else x[x[:, 4:].amax(1) > conf_thres]
         if not len(x):
             out.append(torch.zeros((0, 6), device=decoded.device))
             continue
-        scores = x[:, 5:] * x[:, 4:5]
+        scores = x[:, 5:] * x[:, 4:5] if objectness else x[:, 4:]
         boxes = box_convert(x[:, :4], "cxcywh", "xyxy")
         if multi_label:
             i, j = (scores > conf_thres).nonzero(as_tuple=False).T

@@ -1,6 +1,7 @@
 """``gmyolo predict`` / ``YOLO(...).predict()``: detections on images and videos from any weights file.
 
-Per frame: letterbox to the model's size, run the backend (checkpoint, ONNX or TorchScript), NMS, map the
+Per frame: letterbox to the model's size, run the backend (checkpoint, ONNX or TorchScript), NMS (the
+end-to-end heads: their top-k, filtered by --conf and --classes), map the
 boxes back to original pixels, and optionally write the annotated image/video, YOLO txt labels and one JSON
 file per run. Frames are processed one at a time, so a folder of any size streams through in constant memory.
 """
@@ -27,7 +28,7 @@ from ...models.yolo import DetectionModel
 from ...utils.files import atomic_write
 from .backends import Backend, load_backend
 from .options import PredictArgs
-from .postprocess import non_max_suppression, scale_boxes
+from .postprocess import postprocess, scale_boxes
 from .results import Results
 
 __all__ = ["PredictArgs", "Predictor", "predict"]
@@ -64,7 +65,9 @@ class Predictor:
         if be.device.type == "cuda":
             torch.cuda.synchronize(be.device)
         t2 = time.perf_counter()
-        det = non_max_suppression(decoded.float(), a.conf, a.iou, a.classes, a.agnostic_nms, max_det=a.max_det)[0]
+        det = postprocess(
+            decoded.float(), be.output_format, a.conf, a.iou, a.classes, a.agnostic_nms, max_det=a.max_det
+        )[0]
         h0, w0 = frame.image.shape[:2]
         scale_boxes(det[:, :4], (h0, w0), ((ratio, ratio), pad))
         det = det.cpu()

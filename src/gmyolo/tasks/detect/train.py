@@ -2,8 +2,10 @@
 
 The loop is :class:`gmyolo.engine.trainer.Trainer`'s; this file holds what is detection's own:
 YOLOv5's warm-up of learning rate and momentum per iteration, linear or cosine decay per epoch, the
-YOLOv5 loss with gains scaled to the model and data, AutoAnchor, the EMA model validated for mAP,
-mosaic closed for the last epochs, and the batch and label pictures of a run folder.
+head's loss (YOLOv5's with gains scaled to the model and data; the anchor-free heads' TAL loss, and the
+end-to-end heads' dual assignment with its one-to-many weight set per epoch) and its hyper-parameters,
+AutoAnchor (YOLOv5's head only), the EMA model validated for mAP, mosaic closed for the last epochs, and
+the batch and label pictures of a run folder.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from ...utils.files import atomic_write
 from .autoanchor import check_anchors
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .hyp import resolve_hyp
-from .loss import ComputeLoss, scale_loss_gains
+from .loss import ComputeLoss, loss_gains, loss_names, make_loss  # noqa: F401 (tests patch ComputeLoss here)
 from .options import TrainArgs
 from .plots import PredictionPictures
 from .validator import format_table, save_validation_plots, validate
@@ -40,6 +42,7 @@ __all__ = [
     "TrainArgs",
     "DetectionTrainer",
     "CSV_COLUMNS",
+    "csv_columns",
     "train",
     "build_optimizer",
     "freeze_layers",
@@ -47,23 +50,22 @@ __all__ = [
 ]
 
 LOGGER = logging.getLogger("gmyolo")
-CSV_COLUMNS = [  # results.csv
-    "epoch",
-    "train/box_loss",
-    "train/obj_loss",
-    "train/cls_loss",
-    "metrics/precision",
-    "metrics/recall",
-    "metrics/mAP_0.5",
-    "metrics/mAP_0.5:0.95",
-    "val/box_loss",
-    "val/obj_loss",
-    "val/cls_loss",
-    "x/lr_weights",
-    "x/lr_norms",
-    "x/lr_biases",
-]
 LR_COLUMNS = (("weights", "decay"), ("norms", "no_decay"), ("biases", "bias"))  # x/lr_<name>: the group kind
+METRIC_COLUMNS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "metrics/mAP_0.5:0.95")
+
+
+def csv_columns(losses=("box_loss", "obj_loss", "cls_loss")) -> list[str]:
+    """The columns of results.csv for a head whose loss items are ``losses`` (:func:`.loss.loss_names`)."""
+    return [
+        "epoch",
+        *(f"train/{n}" for n in losses),
+        *METRIC_COLUMNS,
+        *(f"val/{n}" for n in losses),
+        *(f"x/lr_{c}" for c, _ in LR_COLUMNS),
+    ]
+
+
+CSV_COLUMNS = csv_columns()  # results.csv of YOLOv5's head; the anchor-free heads': box_loss, cls_loss, dfl_loss
 
 
 def train(args: TrainArgs) -> dict[str, Any]:
@@ -76,11 +78,11 @@ def train(args: TrainArgs) -> dict[str, Any]:
 
 
 class DetectionTrainer(Trainer):
-    """The detection hooks of :class:`~gmyolo.engine.trainer.Trainer` (YOLOv5's recipe)."""
+    """The detection hooks of :class:`~gmyolo.engine.trainer.Trainer` (YOLOv5's recipe; the head's own loss)."""
 
     args_type = TrainArgs
     command = "gmyolo train"
-    loss_names = ("box_loss", "obj_loss", "cls_loss")
+    loss_names = ("box_loss", "obj_loss", "cls_loss")  # the head's, once the model is built (loss.loss_names)
     diverged_hint = "Try a lower learning rate (--hyp lr0=...) or --no-amp."
 
     def __init__(self, args: TrainArgs):
@@ -91,8 +93,10 @@ class DetectionTrainer(Trainer):
         return load_checkpoint(path)
 
     def setup(self) -> None:
-        # All values, before the per-model gain scaling; a resumed run resolves them again. Bad keys fail here.
-        self.hyp_values = resolve_hyp(self.ckpt["hyp_overrides"] if self.ckpt is not None else self.args.hyp)
+        # All values, before the per-model gain scaling; a resumed run resolves them again. Bad keys fail here;
+        # build_model resolves them again for the model's head (its own loss keys).
+        self.hyp_source = self.ckpt["hyp_overrides"] if self.ckpt is not None else self.args.hyp
+        self.hyp_values = resolve_hyp(self.hyp_source)
         with main_process_first():  # rank 0 generates the synthetic data, once
             self.data = resolve_data(self.args)
 
@@ -103,7 +107,8 @@ class DetectionTrainer(Trainer):
             for name in ckpt.get("pretrained_modules", []):  # the same parameter groups as before the stop
                 model.get_submodule(name).pretrained_loaded = True
         else:
-            model = DetectionModel(args.model, nc=data.nc)
+            # The scale of a YAML with a scales block: from the name (yolo11s), or --scale once TrainArgs has it.
+            model = DetectionModel(args.model, nc=data.nc, scale=getattr(args, "scale", None))
             if args.weights:
                 transfer_weights(model, load_checkpoint(args.weights))
             if args.backbone_weights:
@@ -115,7 +120,11 @@ class DetectionTrainer(Trainer):
         freeze_layers(model, args.freeze, args.freeze_stages)
         self.stride = int(model.stride.max())
         self.imgsz = stride_multiple(args.imgsz, self.stride)
-        self.hyp = scale_loss_gains(self.hyp_values, data.nc, model.detect.nl, self.imgsz)
+        head = model.detect
+        if head.hyp_section != "anchor_based":
+            self.hyp_values = resolve_hyp(self.hyp_source, head=head.hyp_section, report=True)
+        self.loss_names = loss_names(head)
+        self.hyp = loss_gains(self.hyp_values, head, data.nc, self.imgsz)
         self.accumulate = max(round(args.nbs / args.batch), 1)
         self.clip_norm = self.hyp["grad_clip"]
         return model
@@ -135,7 +144,13 @@ class DetectionTrainer(Trainer):
                 seed=args.seed,
             )
         if self.ckpt is None and not args.noautoanchor:  # a resumed run keeps the anchors it was trained with
-            check_anchors(self.train_set.records, self.model, hyp["anchor_t"], self.imgsz, seed=args.seed)
+            if hasattr(self.model.detect, "anchors"):
+                check_anchors(self.train_set.records, self.model, hyp["anchor_t"], self.imgsz, seed=args.seed)
+            else:
+                LOGGER.info(
+                    "AutoAnchor: does not apply to the anchor-free %s head (it has no anchors)",
+                    type(self.model.detect).__name__,
+                )
         with main_process_first():
             val_set, _ = create_dataset(
                 data, "val", self.imgsz, rect=True, batch_size=args.batch * 2, stride=self.stride
@@ -151,8 +166,8 @@ class DetectionTrainer(Trainer):
             pin_memory=pin,
         )
         val_loader = build_dataloader(val_set, args.batch * 2, args.workers, shuffle=False, pin_memory=pin)
-        self.compute_loss = ComputeLoss(self.model.detect, hyp, distributed=get_world_size() > 1)
-        self.val_loss = ComputeLoss(self.model.detect, hyp)  # rank 0 alone validates: no collectives
+        self.compute_loss = make_loss(self.model.detect, hyp, distributed=get_world_size() > 1)
+        self.val_loss = make_loss(self.model.detect, hyp)  # rank 0 alone validates: no collectives
         nb = len(train_loader)
         total_iters = args.epochs * nb
         warmup = hyp["warmup_epochs"]
@@ -204,6 +219,9 @@ class DetectionTrainer(Trainer):
             LOGGER.info("closing mosaic for the last %d epochs", args.epochs - epoch)
         if args.close_mosaic and epoch >= args.epochs - args.close_mosaic:
             self.train_set.close_mosaic()
+        for loss in (self.compute_loss, self.val_loss):  # end-to-end heads: this epoch's one-to-many weight
+            if hasattr(loss, "set_epoch"):
+                loss.set_epoch(epoch, args.epochs)
 
     def preprocess(self, batch):
         images, targets, paths, _ = batch
@@ -231,8 +249,8 @@ class DetectionTrainer(Trainer):
         return self.compute_loss(preds, targets)
 
     def progress_text(self, mean_loss, images, targets) -> str:
-        box, obj, cls = mean_loss.tolist()
-        return f"box {box:.4f} obj {obj:.4f} cls {cls:.4f} inst {len(targets)} size {images.shape[-1]}"
+        losses = " ".join(f"{n.removesuffix('_loss')} {v:.4f}" for n, v in zip(self.loss_names, mean_loss.tolist()))
+        return f"{losses} inst {len(targets)} size {images.shape[-1]}"
 
     def on_batch_end(self, i, images, targets, paths) -> None:
         if self.epoch == self.start and i < 3 and self.args.plots and self.ckpt is None and is_main_process():
@@ -256,16 +274,8 @@ class DetectionTrainer(Trainer):
             progress=self.args.progress,
         )
         m = r.metrics
-        box, obj, cls = r.loss.tolist()
-        values = {
-            "metrics/precision": m.mp,
-            "metrics/recall": m.mr,
-            "metrics/mAP_0.5": m.map50,
-            "metrics/mAP_0.5:0.95": m.map,
-            "val/box_loss": box,
-            "val/obj_loss": obj,
-            "val/cls_loss": cls,
-        }
+        values = dict(zip(METRIC_COLUMNS, (m.mp, m.mr, m.map50, m.map)))
+        values.update({f"val/{n}": v for n, v in zip(self.loss_names, r.loss.tolist())})
         text = f"P {m.mp:.3f} R {m.mr:.3f} mAP50 {m.map50:.3f} mAP50-95 {m.map:.3f}"
         return Evaluation(r.fitness, values, text, r.as_dict())
 

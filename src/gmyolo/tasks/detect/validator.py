@@ -1,7 +1,9 @@
 """Validation: run a model over a loader, match detections to labels, compute P, R, mAP, and report.
 
 Boxes are compared in original image pixels (predictions and labels both mapped back through the
-letterbox), as YOLOv5 and COCO do.
+letterbox), as YOLOv5 and COCO do. Detections of YOLOv5's head are matched to labels by YOLOv5's rule (best
+IoU first; its results stay what they were); those of the anchor-free and end-to-end heads by COCO's
+(score order), so their mAP is pycocotools' on the same detections.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from torch import nn
 from torchvision.ops import box_convert
 from tqdm import tqdm
 
+from ...models.yolo.head import YOLOV5_FORMAT
 from .metrics import IOU_THRESHOLDS, ConfusionMatrix, DetectionMetrics, ap_per_class, fitness, match_predictions
-from .postprocess import non_max_suppression, scale_boxes
+from .postprocess import postprocess, scale_boxes
 
 __all__ = ["ValResults", "validate", "format_table"]
 
@@ -83,11 +86,15 @@ def validate(
     compute_loss=None,
     keep_predictions: bool = False,
     progress: bool = True,
+    matching: str | None = None,
 ) -> ValResults:
     """Validate ``model`` on ``loader`` batches (see gmyolo.data.dataset).
 
     ``model`` is a DetectionModel (eval mode returns (decoded, raw)) or any callable returning the decoded
-    B×N×(5+nc) tensor, such as an ONNX backend (then ``compute_loss`` cannot be used).
+    tensor, such as an ONNX backend (then ``compute_loss`` cannot be used); its ``output_format`` (YOLOv5's
+    when it has none) says whether NMS or the end-to-end top-k turns that into detections. ``matching``: the
+    rule detections are matched to labels by (see :func:`.metrics.match_predictions`); default YOLOv5's
+    ``best_iou`` for YOLOv5's head, ``coco`` for the others.
     """
     device = torch.device(device)
     was_training = isinstance(model, nn.Module) and model.training
@@ -102,6 +109,8 @@ def validate(
     instances = np.zeros(nc, np.int64)
     images_per_class = np.zeros(nc, np.int64)
     predictions: list[dict[str, Any]] = []
+    output_format = getattr(model, "output_format", YOLOV5_FORMAT)
+    rule = matching or ("best_iou" if output_format == YOLOV5_FORMAT else "coco")
     bar = tqdm(loader, desc=f"{'validating':>22}", leave=False, disable=not progress, dynamic_ncols=True)
     for images, targets, paths, shapes in bar:
         t0 = time.perf_counter()
@@ -114,9 +123,9 @@ def validate(
         decoded, raw = out if isinstance(out, tuple) else (out, None)
         t2 = time.perf_counter()
         if compute_loss is not None:
-            loss_sum += compute_loss([x.float() for x in raw], targets)[1].cpu()
+            loss_sum += compute_loss(as_float(raw), targets)[1].cpu()
         targets[:, 2:] *= torch.tensor((w, h, w, h), device=device)
-        detections = non_max_suppression(decoded.float(), conf, iou, multi_label=True, max_det=max_det)
+        detections = postprocess(decoded.float(), output_format, conf, iou, multi_label=True, max_det=max_det)
         t3 = time.perf_counter()
         t_pre, t_inf, t_nms = t_pre + t1 - t0, t_inf + t2 - t1, t_nms + t3 - t2
         n_batches += 1
@@ -133,7 +142,7 @@ def validate(
             if shapes[si] is not None:
                 scale_boxes(tbox, shapes[si][0], shapes[si][1])
             labelsn = torch.cat((labels[:, :1], tbox), 1)
-            correct = match_predictions(det, labelsn, iouv)
+            correct = match_predictions(det, labelsn, iouv, rule)
             stats.append((correct, det[:, 4].cpu(), det[:, 5].cpu(), cls))
             confusion.update(det, labelsn)
             if keep_predictions:
@@ -158,6 +167,17 @@ def validate(
         confusion=confusion,
         predictions=predictions,
     )
+
+
+def as_float(raw: Any) -> Any:
+    """A head's raw outputs (a list of tensors, or nested dicts of them) in float32."""
+    if isinstance(raw, torch.Tensor):
+        return raw.float()
+    if isinstance(raw, dict):
+        return {k: as_float(v) for k, v in raw.items()}
+    if isinstance(raw, list):
+        return [as_float(v) for v in raw]
+    return raw
 
 
 def save_validation_plots(results: ValResults, save_dir: Path) -> list[Path]:
