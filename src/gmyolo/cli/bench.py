@@ -9,7 +9,7 @@ from typing import Any
 
 from ..engine.options import AMP_MODES
 from ..tools.options import MODES, BenchArgs
-from .common import args_as
+from .common import add_plugin_argument, args_as
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -72,6 +72,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--grad-checkpointing", action="store_true", help="GroupMixFormer activation checkpointing in the training step"
     )
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
+    add_plugin_argument(p)
     p.set_defaults(run=run_bench_command)
 
 

@@ -114,20 +114,18 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="cutmix instead of mixup (default %(default)s)",
     )
     r.add_argument("--hflip", type=float, default=d.hflip, help="horizontal flip probability (default %(default)s)")
+    variant = "(default: the variant's pretrained config, as timm.data.resolve_data_config gives it)"
     r.add_argument(
         "--interpolation",
         default=d.interpolation,
         choices=["bicubic", "bilinear", "nearest", "random"],
-        help="(default %(default)s)",
+        help=f"resize interpolation {variant}",
     )
     r.add_argument(
-        "--crop-pct",
-        type=float,
-        default=d.crop_pct,
-        help="evaluation: resize to imgsz/crop_pct, crop (default %(default)s)",
+        "--crop-pct", type=float, default=d.crop_pct, help=f"evaluation: resize to imgsz/crop_pct, crop {variant}"
     )
-    r.add_argument("--mean", type=float, nargs=3, default=d.mean, help="normalisation mean (RGB) (default %(default)s)")
-    r.add_argument("--std", type=float, nargs=3, default=d.std, help="normalisation std (RGB) (default %(default)s)")
+    r.add_argument("--mean", type=float, nargs=3, default=d.mean, help=f"normalisation mean (RGB) {variant}")
+    r.add_argument("--std", type=float, nargs=3, default=d.std, help=f"normalisation std (RGB) {variant}")
     r.add_argument("--ema", action="store_true", help="keep an EMA of the weights; validate and save it")
     r.add_argument("--ema-decay", type=float, default=d.ema_decay, help="(default %(default)s)")
     p.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all GPUs (DDP)")

@@ -52,3 +52,23 @@ def add_resume_argument(parser: argparse.ArgumentParser) -> None:
         metavar="LAST_PT",
         help="continue an interrupted run (its last.pt; without a path: the latest run under --project)",
     )
+
+
+def add_plugin_argument(parser: argparse.ArgumentParser) -> None:
+    """``--plugin FILE.py`` (repeatable): files that register your own modules, loaded before any model is built."""
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="FILE.py",
+        help="a Python file that registers your own modules (gmyolo.models.yolo.registry.register_module); "
+        "repeatable; the processes gmyolo starts (DDP workers) load it too",
+    )
+
+
+def load_plugin_arguments(args: argparse.Namespace) -> None:
+    """Import the ``--plugin`` files (and the installed ``gmyolo.modules`` entry points) of a parsed command."""
+    if getattr(args, "plugin", None):
+        from ..plugins import load_plugins
+
+        load_plugins(args.plugin)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..tasks.detect.options import DEFAULT_OPSET, EXPORT_FORMATS, ExportArgs
-from .common import args_as
+from .common import add_plugin_argument, args_as
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--dynamo", action="store_true", help="ONNX: use the torch.export-based exporter")
     p.add_argument("--output", "-o", default=None, help="output file (default: beside the weights)")
     p.add_argument("--tolerance", type=float, default=d.tolerance, help="max allowed |exported - PyTorch|")
+    add_plugin_argument(p)
     p.set_defaults(run=run_export)
 
 

@@ -12,6 +12,8 @@ import argparse
 import json
 from typing import Any
 
+from .common import add_plugin_argument
+
 DEFAULT_MODEL = "groupmixformer-t"
 
 
@@ -59,6 +61,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--weights", default=None, help="load an authors'-format GroupMixFormer checkpoint first")
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    add_plugin_argument(p)
     p.set_defaults(run=run_info)
 
 

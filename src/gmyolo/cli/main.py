@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from .. import __version__
 from ..errors import USER_ERRORS
 from . import bench, classify, data, export, info, predict, train, val
+from .common import load_plugin_arguments
 
 __all__ = ["main", "build_parser", "USER_ERRORS"]
 
@@ -40,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s", stream=sys.stderr)
     name = " ".join(filter(None, [args.command, getattr(args, "data_command", None)]))  # 'classify train'
     try:
+        load_plugin_arguments(args)  # before the command builds a model
         args.run(args)
     except KeyboardInterrupt as e:  # the message, if any, says how to resume
         print(f"gmyolo {name}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..tasks.detect.options import PredictArgs
-from .common import args_as
+from .common import add_plugin_argument, args_as
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
     p.add_argument("--exist-ok", action="store_true", help="reuse project/name instead of incrementing it")
+    add_plugin_argument(p)
     p.set_defaults(run=run_predict)
 
 

@@ -6,7 +6,7 @@ import argparse
 
 from ..cfg import hyp_names
 from ..tasks.detect.options import TrainArgs
-from .common import add_resume_argument, add_speed_arguments, args_as
+from .common import add_plugin_argument, add_resume_argument, add_speed_arguments, args_as
 
 
 def parse_hyp(items: list[str]) -> dict[str, float]:
@@ -58,7 +58,12 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--cos-lr", action="store_true", help="cosine learning-rate decay (default linear)")
     p.add_argument("--patience", type=int, default=d.patience, help="early stop after N epochs without improvement")
     p.add_argument("--freeze", type=int, default=0, help="freeze the first N layers (e.g. 1 = the whole backbone)")
-    p.add_argument("--freeze-stages", type=int, default=0, help="freeze the stem and first N GroupMixFormer stages")
+    p.add_argument(
+        "--freeze-stages",
+        type=int,
+        default=0,
+        help="freeze the stem and first N backbone stages (GroupMixFormer, Timm, TorchVision; numbered as out_indices)",
+    )
     p.add_argument("--close-mosaic", type=int, default=d.close_mosaic, help="no mosaic for the last N epochs")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--sync-bn", action="store_true", help="BatchNorm statistics over all GPUs (DDP)")
@@ -73,6 +78,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--noautoanchor", action="store_true", help="keep the model's anchors (no AutoAnchor check/fit)")
     p.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="no TensorBoard logging")
+    add_plugin_argument(p)
     p.add_argument("--no-plots", dest="plots", action="store_false")
     p.set_defaults(run=run_train)
 

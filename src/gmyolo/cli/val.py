@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..tasks.detect.options import ValArgs
-from .common import add_speed_arguments, args_as
+from .common import add_plugin_argument, add_speed_arguments, args_as
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -26,6 +26,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
     p.add_argument("--exist-ok", action="store_true")
+    add_plugin_argument(p)
     p.add_argument("--no-plots", dest="plots", action="store_false")
     p.set_defaults(run=run_val_cli)
 

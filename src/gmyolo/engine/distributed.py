@@ -32,6 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import LaunchError
+from ..plugins import ENV_VAR, loaded_plugins
 from .device import check_gpus, parse_gpus, select_device
 
 __all__ = [
@@ -187,7 +188,11 @@ def launch(args: Any, trainer: type, nproc: int | None = None) -> dict[str, Any]
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         cmd += ["--no-python", sys.executable, "-c", worker, entry, str(args_file), str(result_file)]
         LOGGER.info("DDP: starting %d processes: %s", nproc, " ".join(cmd))
-        proc = subprocess.Popen(cmd)
+        # The workers are fresh interpreters: the modules this process registered from plugin files reach them
+        # as those files (run_worker loads them), whoever loaded them here (--plugin, a YAML, load_plugins).
+        plugins = loaded_plugins()
+        env = {**os.environ, ENV_VAR: os.pathsep.join(plugins)} if plugins else None
+        proc = subprocess.Popen(cmd, env=env)
         try:
             code = proc.wait()
         except KeyboardInterrupt:  # torchrun got the Ctrl-C too: let it stop its workers

@@ -48,6 +48,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import USER_ERRORS, TrainingDiverged
+from ..plugins import load_plugins
 from ..utils.files import atomic_write
 from .distributed import (
     broadcast_object,
@@ -462,6 +463,8 @@ def run_worker() -> None:
         raise SystemExit(f"gmyolo: not a gmyolo trainer: {entry}")
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
+        # A fresh interpreter: the parent's --plugin files come through GMYOLO_PLUGINS, before any model is built.
+        load_plugins()
         result = trainer(trainer.args_type(**yaml.safe_load(Path(args_file).read_text()))).train()
     except KeyboardInterrupt as e:
         print(f"{trainer.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)

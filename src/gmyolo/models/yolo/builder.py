@@ -6,7 +6,11 @@ YOLOv5's ``depth_multiple``, ``width_multiple`` and ``anchors``, or Ultralytics'
 file name as Ultralytics reads it: ``yolo11n.yaml`` is ``yolo11.yaml`` at scale ``n``) with the optional
 ``reg_max``, ``end2end`` and ``activation``. A module that returns several maps (a backbone such as
 GroupMixFormer) occupies one layer index per map: later layers refer to each map by its index, exactly like
-any other layer. Names resolve through :mod:`gmyolo.models.yolo.registry`.
+any other layer. A module whose one output is a list (Ultralytics' ``TorchVision`` with split) occupies one index,
+and the layers that pick from it (``Index``) learn each element's channels and stride from its rule. Names resolve
+through :mod:`gmyolo.models.yolo.registry`; modules of your own come from plugins (:mod:`gmyolo.plugins`): installed
+entry points and the files a parent process loaded are imported before a model is built, and the files of a YAML's
+``plugins`` key when that YAML file is read (never those a model dict, such as a checkpoint's, names).
 
 Errors name the file, line and layer: a layer whose construction fails for any reason, and a layer whose
 first forward fails (every model runs once, layer by layer, on a small input when it is built: a stride of
@@ -33,6 +37,7 @@ from torch import nn
 
 from ...cfg import model_names, models_dir
 from ...errors import ModelConfigError
+from ...plugins import ENTRY_POINT_GROUP, load_plugin_file, load_plugins
 from .common import activation_during_build
 from .registry import MODULES, LayerContext, checked
 
@@ -147,8 +152,23 @@ def load_model_yaml(cfg: str | os.PathLike | Mapping[str, Any], scale: str | Non
         named_scale = guess_model_scale(cfg)
     d["_source"], d["_lines"] = source, lines
     check_top_level(d)
+    if not isinstance(cfg, Mapping):
+        load_yaml_plugins(d, path)
     apply_scale(d, scale, named_scale)
     return d
+
+
+def load_yaml_plugins(d: dict[str, Any], path: Path) -> None:
+    """Import the files of the YAML's ``plugins`` key (relative to the YAML). Only a YAML file the user names
+    runs them: a model dict (a checkpoint's) keeps the key as data."""
+    line = d["_lines"].get(("plugins", -1))
+    at = f"{path} line {line}" if line else str(path)
+    for name in d.get("plugins") or []:
+        plugin = Path(name) if os.path.isabs(name) else path.parent / name
+        try:
+            load_plugin_file(plugin)
+        except (OSError, ValueError) as e:
+            raise ModelConfigError(f"{at}: plugin {name}: {e} (plugin paths are relative to the YAML)") from None
 
 
 def apply_scale(d: dict[str, Any], scale: str | None, named_scale: str | None) -> None:
@@ -215,6 +235,9 @@ def check_top_level(d: dict[str, Any]) -> None:
     for key in ("backbone", "head"):
         if not isinstance(d[key], list):
             raise ModelConfigError(f"{at(key)}: '{key}' must be a list of [from, number, module, args] layers")
+    plugins = d.get("plugins")
+    if plugins is not None and not (isinstance(plugins, list) and all(isinstance(p, str) and p for p in plugins)):
+        raise ModelConfigError(f"{at('plugins')}: 'plugins' must be a list of Python files, got {plugins!r}")
     anchors = d.get("anchors")
     if anchors is not None and not (
         (isinstance(anchors, int) and not isinstance(anchors, bool) and anchors > 0)
@@ -320,6 +343,7 @@ def parse_model(d: dict[str, Any], ch: int = 3) -> tuple[nn.Sequential, list[int
 
     Returns the layers, the saved indices and the table.
     """
+    load_plugins()  # installed entry points, and the files a parent process loaded (GMYOLO_PLUGINS)
     activation = parse_activation(d["activation"]) if d.get("activation") is not None else None
     with activation_during_build(activation):
         layers, save, rows, wheres = build_layers(d, ch)
@@ -333,6 +357,7 @@ def build_layers(d: dict[str, Any], ch: int) -> tuple[nn.Sequential, list[int], 
     no = na * (nc + 5)
     channels: list[int] = []  # per layer index
     strides: list[float] = []
+    parts: list[Any] = []  # per layer index: None, or the elements of its list output (BuiltLayer.parts)
     layers: list[nn.Module] = []
     wheres: list[str] = []  # per layer index: how errors name it
     rows: list[LayerRow] = []
@@ -347,12 +372,11 @@ def build_layers(d: dict[str, Any], ch: int) -> tuple[nn.Sequential, list[int], 
         where = f"{d['_source']}" + (f" line {line}" if line else "") + f" ({section} entry {j}, layer {i})"
         f, n, name, args, kwargs = check_entry(entry, where, i)
         if name not in MODULES:
-            raise ModelConfigError(
-                f"{where}: unknown module '{name}'; registered modules: {', '.join(sorted(MODULES))}"
-            )
+            raise ModelConfigError(f"{where}: {unknown_module(name, d)}")
         sources = [f] if isinstance(f, int) else list(f)
         in_ch = [ch if i == 0 else channels[s] for s in sources]
         in_st = [1.0 if i == 0 else strides[s] for s in sources]
+        in_parts = [None if i == 0 else parts[s] for s in sources]
         n = max(round(n * gd), 1) if n > 1 else n
         ctx = LayerContext(
             index=i,
@@ -370,6 +394,7 @@ def build_layers(d: dict[str, Any], ch: int) -> tuple[nn.Sequential, list[int], 
             reg_max=d.get("reg_max", 16),
             end2end=bool(d.get("end2end", False)),
             shared=shared,
+            in_parts=in_parts,
         )
         layer_type = MODULES[name]
         try:
@@ -394,11 +419,35 @@ def build_layers(d: dict[str, Any], ch: int) -> tuple[nn.Sequential, list[int], 
             rows.append(LayerRow(i + k, i, 1, 0, f"  map {k} of layer {i}", []))
         channels.extend(built.out_channels)
         strides.extend(built.out_strides)
+        parts.extend([built.parts] + [None] * (module.num_outputs - 1))
     if not layers:
         raise ModelConfigError(f"{d['_source']}: the model has no layers")
     for i, module in enumerate(layers):
         module.out_stride = strides[i]  # what the rules say; the first forward checks it
     return nn.Sequential(*layers), sorted(save), rows, wheres
+
+
+def unknown_module(name: str, d: dict[str, Any]) -> str:
+    """One line: the missing module, the registered names it is close to, the three ways to provide it, and the
+    plugin files the model YAML names (a checkpoint's YAML keeps them, but they only load from a YAML file)."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(MODULES), n=3, cutoff=0.6)
+    text = f"unknown module '{name}'" + (f" (did you mean {', '.join(close)}?)" if close else "")
+    text += (
+        f"; a module of your own must be registered (gmyolo.models.yolo.registry.register_module('{name}', ...)) "
+        "by a plugin: --plugin FILE.py, the model YAML's 'plugins: [FILE.py]', or an installed package with a "
+        f"'{ENTRY_POINT_GROUP}' entry point"
+    )
+    named = d.get("plugins")
+    if named and isinstance(named, list):
+        base = Path(d["yaml_file"]).parent if d.get("yaml_file") else None
+        files = [str(base / p) if base is not None and not os.path.isabs(p) else str(p) for p in named]
+        text += (
+            f"; this model names the plugin file(s) {', '.join(files)}, which gmyolo does not run from a checkpoint "
+            "or a model dict: pass them with --plugin"
+        )
+    return text
 
 
 def one_line(e: BaseException, limit: int = 300) -> str:

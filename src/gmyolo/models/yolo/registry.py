@@ -52,6 +52,9 @@ class LayerContext:
     reg_max: int = 16  # anchor-free Detect: bins per box side (the YAML's top-level reg_max)
     end2end: bool = False  # anchor-free Detect: add the one-to-one branches (the YAML's end2end)
     shared: dict[str, Any] = field(default_factory=dict)  # model-wide facts that rules record for later layers
+    # Per 'from' map: None, or (channels, stride) of each element when that layer returns one list of tensors
+    # (Ultralytics' TorchVision with split; stride None for an element that is not a feature map).
+    in_parts: list[list[tuple[int | None, float | None]] | None] = field(default_factory=list)
 
 
 @dataclass
@@ -60,23 +63,34 @@ class BuiltLayer:
     out_channels: list[int]
     out_strides: list[float]
     args: list[Any] = field(default_factory=list)  # the constructor arguments, for the layer table
+    # A layer whose one output is a list of tensors: (channels, stride) of each element, for the layers that
+    # pick from it (Index); out_channels/out_strides then describe the layer as a whole.
+    parts: list[tuple[int | None, float | None]] | None = None
 
 
 Rule = Callable[[Callable[..., nn.Module], LayerContext], BuiltLayer]
+Portable = Callable[[list[Any]], list[Any]]
 
 
 @dataclass(frozen=True)
 class LayerType:
     constructor: Callable[..., nn.Module]
     rule: Rule
+    portable: Portable | None = None  # args -> the args without weight files or downloads (for checkpoints)
 
 
 MODULES: dict[str, LayerType] = {}
 
 
-def register_module(name: str, constructor: Callable[..., nn.Module], rule: Rule | None = None) -> None:
-    """Make ``name`` usable in model YAML files (default rule: YOLOv5's scaled-channel convention)."""
-    MODULES[name] = LayerType(constructor, rule or scaled_channels())
+def register_module(
+    name: str, constructor: Callable[..., nn.Module], rule: Rule | None = None, portable: Portable | None = None
+) -> None:
+    """Make ``name`` usable in model YAML files (default rule: YOLOv5's scaled-channel convention).
+
+    ``portable(args)``, for a layer whose args name pretrained weights, returns the args without them: a
+    checkpoint carries its own weights, and rebuilding it must not read a file or download.
+    """
+    MODULES[name] = LayerType(constructor, rule or scaled_channels(), portable)
 
 
 def repeat(constructor: Callable[..., nn.Module], n: int, args: list[Any], kwargs: dict[str, Any]) -> nn.Module:
@@ -250,7 +264,20 @@ def groupmixformer_backbone(
     return model
 
 
+def groupmixformer_without_weights(args: list[Any]) -> list[Any]:
+    """GroupMixFormer's args without the authors' checkpoint path (positional or keyword ``pretrained``)."""
+    args = list(args)
+    if len(args) > 2 and not isinstance(args[2], dict):
+        args[2] = None
+    if args and isinstance(args[-1], dict):
+        kwargs = {k: v for k, v in args[-1].items() if k != "pretrained"}
+        args = [*args[:-1], kwargs] if kwargs else args[:-1]  # an empty mapping would be read as an argument
+    return args
+
+
 def _register_defaults() -> None:
+    from . import external  # timm and torchvision layers; it imports this module's names
+
     for name in ("Conv", "DWConv", "Bottleneck", "SPP", "SPPF"):
         register_module(name, getattr(common, name))
     register_module("Focus", common.Focus, scaled_channels(stride_factor=2))  # space-to-depth halves the map
@@ -271,7 +298,12 @@ def _register_defaults() -> None:
     register_module("nn.Identity", nn.Identity, same_channels)
     register_module("nn.BatchNorm2d", nn.BatchNorm2d, batchnorm_channels)
     register_module("Detect", Detect, detect_head)
-    register_module("GroupMixFormer", groupmixformer_backbone, backbone_maps)
+    register_module("GroupMixFormer", groupmixformer_backbone, backbone_maps, groupmixformer_without_weights)
+    register_module("Timm", external.Timm, external.timm_layer, external.timm_without_weights)
+    register_module(
+        "TorchVision", external.TorchVision, external.torchvision_layer, external.torchvision_without_weights
+    )
+    register_module("Index", external.Index, external.index_layer)
 
 
 _register_defaults()

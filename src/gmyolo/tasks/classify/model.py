@@ -20,9 +20,11 @@ from ...models.groupmixformer import (
     infer_config_from_state_dict,
     load_checkpoint_state_dict,
     read_checkpoint,
+    variant_name,
+    variant_of,
 )
+from ...models.groupmixformer.model import PRETRAINED_CFG
 from ...utils.checkpoints import atomic_save
-from .options import ClassifyTrainArgs
 
 __all__ = [
     "TASK",
@@ -34,10 +36,29 @@ __all__ = [
     "classifier_from_checkpoint",
     "load_classifier",
     "drop_path_of",
+    "data_config",
+    "preprocessing",
 ]
 
 TASK = "classify"  # the checkpoint key that tells a classifier from a detector
 PREPROCESS_KEYS = ("imgsz", "crop_pct", "interpolation", "mean", "std")
+
+
+def data_config(variant: str | None) -> dict[str, Any]:
+    """timm's ``resolve_data_config`` over the variant's ``PRETRAINED_CFG`` entry: input size, interpolation,
+    crop_pct, mean and std (timm's defaults for a variant without one, such as one you added to VARIANTS)."""
+    from timm.data import resolve_data_config
+
+    return resolve_data_config({"in_chans": 3}, pretrained_cfg=PRETRAINED_CFG.get(variant, {}))
+
+
+def preprocessing(model: str, **given: Any) -> dict[str, Any]:
+    """``interpolation``, ``crop_pct``, ``mean`` and ``std`` for the variant ``model``: the ``given`` values that
+    are not None (the command line's), the others from the variant's pretrained config."""
+    config = data_config(variant_name(model))
+    out = {k: given[k] if given.get(k) is not None else config[k] for k in ("interpolation", "crop_pct", "mean", "std")}
+    out["mean"], out["std"] = [float(v) for v in out["mean"]], [float(v) for v in out["std"]]  # YAML-safe lists
+    return out
 
 
 def build_classifier(
@@ -119,12 +140,11 @@ def load_classifier(weights: str | os.PathLike) -> tuple[GroupMixFormer, dict[st
     folders in sorted order give them, as for ImageNet), ``data`` and the preprocessing it expects.
     """
     ckpt = read_checkpoint(weights)
-    defaults = ClassifyTrainArgs()
-    info: dict[str, Any] = {"names": None, "data": None, **{k: getattr(defaults, k) for k in PREPROCESS_KEYS}}
     if isinstance(ckpt, dict) and (ckpt.get("task") == TASK or "model_yaml" in ckpt):
         ckpt = check_classify_checkpoint(ckpt, weights)
-        info.update(names=list(ckpt["names"]), data=ckpt.get("data"))
-        info.update({k: ckpt["args"][k] for k in PREPROCESS_KEYS if k in ckpt.get("args", {})})
+        info = {"names": list(ckpt["names"]), "data": ckpt.get("data"), **variant_preprocessing(ckpt["model_config"])}
+        # What the run trained and evaluated with (its resolved args) wins over the variant's table.
+        info.update({k: ckpt["args"][k] for k in PREPROCESS_KEYS if ckpt.get("args", {}).get(k) is not None})
         return classifier_from_checkpoint(ckpt), info
     state = load_checkpoint_state_dict(ckpt) if isinstance(ckpt, dict) else None
     cfg = infer_config_from_state_dict(state) if state else None
@@ -132,7 +152,14 @@ def load_classifier(weights: str | os.PathLike) -> tuple[GroupMixFormer, dict[st
         raise CheckpointError(f"{weights}: neither a gmyolo classifier nor an authors' GroupMixFormer classifier")
     model = GroupMixFormer(**cfg)
     model.load_pretrained(state)
-    return model, info
+    return model, {"names": None, "data": None, **variant_preprocessing(cfg)}
+
+
+def variant_preprocessing(config: dict[str, Any]) -> dict[str, Any]:
+    """The preprocessing of :data:`PREPROCESS_KEYS` from the pretrained config of the variant with this
+    architecture (timm's defaults when no variant has it)."""
+    data = data_config(variant_of(config))
+    return {"imgsz": int(data["input_size"][-1]), **{k: data[k] for k in PREPROCESS_KEYS if k != "imgsz"}}
 
 
 def drop_path_of(model: GroupMixFormer) -> float:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ...engine.options import amp_mode, check_workers
 from .recipes import Resolution, resolve_recipe
@@ -53,10 +53,11 @@ class ClassifyTrainArgs:
     mixup_prob: float = 1.0  # probability of mixing a batch at all
     mixup_switch_prob: float = 0.5  # probability of cutmix instead of mixup
     hflip: float = 0.5
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875  # evaluation: resize to imgsz/crop_pct, centre crop imgsz
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_DEFAULT_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_DEFAULT_STD))
+    # Preprocessing; None: the variant's, from its pretrained config (PRETRAINED_CFG, the table timm reads).
+    interpolation: str | None = None
+    crop_pct: float | None = None  # evaluation: resize to imgsz/crop_pct, centre crop imgsz
+    mean: list[float] | None = None
+    std: list[float] | None = None
     ema: bool = False  # keep an EMA of the weights, validate and save it as the model
     ema_decay: float = 0.9998
     amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on the CPU) | bf16 | fp16 | off
@@ -97,20 +98,29 @@ class ClassifyTrainArgs:
                 f"mixup/cutmix (alpha {self.mixup:g} / {self.cutmix:g}) mix each batch with its reverse and need an "
                 f"even --batch, got {self.batch} (or turn them off: --mixup 0 --cutmix 0)"
             )
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:  # resolved: none is None
             raise ValueError(f"--mean and --std need 3 values each (std positive), got {self.mean} and {self.std}")
 
     def resolved(self) -> ClassifyTrainArgs:
-        """A copy with the recipe resolved: ``recipe`` names the one picked, its None fields hold its values."""
+        """A copy with the recipe resolved (``recipe`` names the one picked, its None fields hold its values) and
+        the variant's preprocessing where none was given."""
         r = resolve_recipe(self)
-        return dataclasses.replace(self, recipe=r.name, **r.values)
+        return dataclasses.replace(self, recipe=r.name, **r.values, **self.preprocessing())
 
     def apply_recipe(self) -> Resolution:
-        """Resolve the recipe in place (what the run trains with and saves); returns what was picked and why."""
+        """Resolve the recipe and the preprocessing in place (what the run trains with and saves); returns the
+        recipe picked and why."""
         r = resolve_recipe(self)
-        for name, value in {"recipe": r.name, **r.values}.items():
+        for name, value in {"recipe": r.name, **r.values, **self.preprocessing()}.items():
             setattr(self, name, value)
         return r
+
+    def preprocessing(self) -> dict[str, object]:
+        """interpolation, crop_pct, mean and std: the values given, the others the model variant's."""
+        from .model import preprocessing  # the variant table lives with the model (torch); options stay light
+
+        given = {k: getattr(self, k) for k in ("interpolation", "crop_pct", "mean", "std")}
+        return preprocessing(self.model, **given)
 
     @property
     def mixing(self) -> bool:

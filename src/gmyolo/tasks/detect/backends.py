@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ...models.groupmixformer import CheckpointError
-from ...models.yolo import OUTPUT_FORMATS, DetectionModel
+from ...models.yolo import OUTPUT_FORMATS, DetectionModel, ModelConfigError
 from ...models.yolo.head import YOLOV5_FORMAT
 from .checkpoint import load_checkpoint, model_from_checkpoint
 
@@ -194,5 +194,8 @@ def load_backend(weights: str | os.PathLike | DetectionModel, device: torch.devi
     ckpt = load_checkpoint(path)
     if ckpt.get("task", "detect") != "detect":
         raise CheckpointError(f"{path}: a {ckpt['task']} checkpoint, not a detector")
-    model = model_from_checkpoint(ckpt)
+    try:
+        model = model_from_checkpoint(ckpt)
+    except ModelConfigError as e:  # which file the model came from: an unknown module names its plugins
+        raise ModelConfigError(f"{path}: {e}") from None
     return TorchBackend(model, device, checkpoint_metadata(ckpt, model))

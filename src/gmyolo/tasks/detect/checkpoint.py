@@ -2,7 +2,7 @@
 
 Contents: ``model`` (float32 state dict), ``ema`` (state dict of the EMA model, or None), ``updates`` (EMA
 updates), ``optimizer``, ``epoch`` (last finished, 0-based), ``best_fitness``, ``hyp``, ``args``,
-``model_yaml`` (the model's YAML as data; backbone weight paths removed), ``names``, ``nc``,
+``model_yaml`` (the model's YAML as data; backbone weight paths and downloads removed), ``names``, ``nc``,
 ``version`` and ``date``. No module is ever pickled, so a checkpoint never runs code when loaded.
 """
 
@@ -16,22 +16,21 @@ from typing import Any
 
 from ... import __version__
 from ...errors import CheckpointError
-from ...models.yolo import DetectionModel
+from ...models.yolo import MODULES, DetectionModel
 from ...utils.checkpoints import atomic_save, read_checkpoint
 
 __all__ = ["save_checkpoint", "load_checkpoint", "model_from_checkpoint", "portable_yaml", "atomic_save"]
 
 
 def portable_yaml(model_yaml: dict[str, Any]) -> dict[str, Any]:
-    """The model YAML without backbone weight paths: a checkpoint carries its own weights."""
+    """The model YAML without backbone weight paths or downloads (each layer type's ``portable`` rule: GroupMixFormer,
+    Timm, TorchVision): a checkpoint carries its own weights. Everything else, ``plugins`` included, is kept."""
     d = copy.deepcopy(model_yaml)
     for layer in d.get("backbone", []) + d.get("head", []):
-        if isinstance(layer, list) and len(layer) == 4 and layer[2] == "GroupMixFormer" and isinstance(layer[3], list):
-            args = layer[3]
-            if len(args) > 2 and not isinstance(args[2], dict):
-                args[2] = None
-            if args and isinstance(args[-1], dict):
-                args[-1].pop("pretrained", None)
+        if isinstance(layer, list) and len(layer) == 4 and isinstance(layer[3], list):
+            layer_type = MODULES.get(layer[2]) if isinstance(layer[2], str) else None
+            if layer_type is not None and layer_type.portable is not None:
+                layer[3] = layer_type.portable(layer[3])
     return d
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
+from torch import nn
 
 from ...data.augment import stride_multiple
 from ...data.config import DatasetConfig, load_dataset_config
@@ -112,9 +113,13 @@ class DetectionTrainer(Trainer):
             if args.weights:
                 transfer_weights(model, load_checkpoint(args.weights))
             if args.backbone_weights:
-                if not backbones(model):
-                    raise ValueError(f"--backbone-weights: model {args.model} has no GroupMixFormer backbone")
-                for b in backbones(model):
+                gmf = [b for b in backbones(model) if isinstance(b, GroupMixFormer)]
+                if not gmf:
+                    raise ValueError(
+                        f"--backbone-weights: model {args.model} has no GroupMixFormer backbone (a Timm or "
+                        "TorchVision layer takes its weights file in its YAML args)"
+                    )
+                for b in gmf:
                     b.load_pretrained(args.backbone_weights)
         model.names = dict(enumerate(data.names))
         freeze_layers(model, args.freeze, args.freeze_stages)
@@ -328,8 +333,15 @@ def resolve_data(args: TrainArgs) -> DatasetConfig:
     return load_dataset_config(args.data, require=("train", "val"))
 
 
-def backbones(model: DetectionModel) -> list[GroupMixFormer]:
-    return [m for m in model.model if isinstance(m, GroupMixFormer)]
+def backbones(model: DetectionModel) -> list[nn.Module]:
+    """The layers that are backbones with stages: GroupMixFormer, Timm, TorchVision (anything with freeze_stages)."""
+    return [m for m in model.model if callable(getattr(m, "freeze_stages", None))]
+
+
+def has_attention(module: nn.Module) -> bool:
+    """Whether a backbone is a transformer: GroupMixFormer, or attention blocks inside (timm's and torchvision's
+    class names say Attention: pvt_v2's Attention, Swin's WindowAttention, MobileNetV4's MultiQueryAttention2d)."""
+    return isinstance(module, GroupMixFormer) or any("Attention" in type(m).__name__ for m in module.modules())
 
 
 def build_optimizer(
@@ -341,7 +353,7 @@ def build_optimizer(
     position-encoding convs); biases in their own group (their own warm-up); a module that loaded
     pretrained weights at ``backbone_lr_ratio`` × lr. ``auto``: AdamW for transformer backbones, else SGD.
     """
-    use_adamw = name.lower() == "adamw" or (name.lower() == "auto" and bool(backbones(model)))
+    use_adamw = name.lower() == "adamw" or (name.lower() == "auto" and any(map(has_attention, backbones(model))))
     lr0 = hyp["lr0_adamw"] if use_adamw else hyp["lr0"]
     weight_decay = hyp["weight_decay_adamw"] if use_adamw else hyp["weight_decay"] * batch * accumulate / nbs
     pretrained = pretrained_parameters(model)
@@ -385,9 +397,15 @@ def freeze_layers(model: DetectionModel, n_layers: int, n_stages: int) -> None:
     for m in list(model.model)[:n_layers]:
         for p in m.parameters():
             p.requires_grad_(False)
-        if isinstance(m, GroupMixFormer):
-            m.freeze_stages(m.num_stages)
+        if callable(getattr(m, "freeze_stages", None)):
+            m.freeze_stages(m.num_stages)  # also keeps its BatchNorm statistics
     if n_stages:
+        if not backbones(model):
+            LOGGER.warning(
+                "--freeze-stages %d: the model has no backbone with stages (GroupMixFormer, Timm, TorchVision by "
+                "name); --freeze N freezes its first N layers",
+                n_stages,
+            )
         for b in backbones(model):
             b.freeze_stages(n_stages)
     if n_layers or n_stages:
