@@ -2,7 +2,7 @@
 
 ```python
 from gmyolo import YOLO
-model = YOLO("yolov5n-gmf-nano")                # a packaged model YAML, a path to one, or a checkpoint (.pt)
+model = YOLO("yolo11n-gmf-nano")                # a packaged model YAML, a path to one, or a checkpoint (.pt)
 model.train(data="synth", epochs=25)            # same options as `gmyolo train`; then holds best.pt
 metrics = model.val()                           # P, R, mAP50, mAP50-95 of that checkpoint
 for r in model.predict("images/"):              # Results per image: boxes, scores, classes, names
@@ -43,7 +43,7 @@ class YOLO:
     An exported file can ``predict`` and ``val``; training, ``info`` and ``export`` need a YAML or a checkpoint.
     """
 
-    def __init__(self, model: str | os.PathLike = "yolov5n-gmf-nano", nc: int | None = None):
+    def __init__(self, model: str | os.PathLike = "yolo11n-gmf-nano", nc: int | None = None):
         self.weights: str | None = None
         self.cfg: str | None = None
         self.exported: Backend | None = None
@@ -87,7 +87,7 @@ class YOLO:
         """Train (options as `gmyolo train`); afterwards this object holds the best checkpoint."""
         self._torch_model("train")
         if self.weights and "weights" not in kwargs:
-            kwargs.setdefault("model", self.train_args.get("model", "yolov5n-gmf-nano"))
+            kwargs.setdefault("model", self.train_args.get("model", "yolo11n-gmf-nano"))
             kwargs["weights"] = self.weights
         else:
             kwargs.setdefault("model", self.cfg)

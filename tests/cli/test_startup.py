@@ -56,7 +56,7 @@ def test_lazy_names_and_old_import_paths_still_work():
         moved_train,
         moved_validate,
     )
-    assert ClassifyTrainArgs().model == "groupmixformer-t" and TrainArgs().model == "yolov5n-gmf-nano"
+    assert ClassifyTrainArgs().model == "groupmixformer-t" and TrainArgs().model == "yolo11n-gmf-nano"
     assert callable(register_module)
     with pytest.raises(AttributeError):
         gmyolo.not_a_name  # noqa: B018

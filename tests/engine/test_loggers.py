@@ -41,8 +41,10 @@ def test_event_file_holds_the_results_csv_and_images(tmp_path, monkeypatch):
     acc.Reload()
     with open(run / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert set(acc.Tags()["scalars"]) == set(CSV_COLUMNS[1:])
-    for column in CSV_COLUMNS[1:]:
+    columns = list(rows[0])[1:]  # the trained head's columns (the default model's anchor-free head: dfl_loss)
+    assert "train/dfl_loss" in columns and set(CSV_COLUMNS[1:]) - set(columns) == {"train/obj_loss", "val/obj_loss"}
+    assert set(acc.Tags()["scalars"]) == set(columns)
+    for column in columns:
         events = acc.Scalars(column)
         assert [e.step for e in events] == [1, 2], column
         for e, row in zip(events, rows):

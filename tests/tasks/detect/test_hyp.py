@@ -116,8 +116,8 @@ def test_cli_parses_a_set_then_overrides(tmp_path):
 
 def test_run_saves_the_resolved_values_and_they_can_be_reused(tmp_path):
     data = make_synthetic_dataset(tmp_path / "synth", seed=0, n_train=8, n_val=4, imgsz=64)
-    common = ["--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "8", "--workers", "0"]
-    common += ["--no-plots", "--no-tensorboard", "--project", str(tmp_path / "runs")]
+    common = ["--data", str(data), "--model", "yolov5n-gmf-nano", "--epochs", "1", "--imgsz", "64", "--batch", "8"]
+    common += ["--workers", "0", "--no-plots", "--no-tensorboard", "--project", str(tmp_path / "runs")]
     assert main(["train", *common, "--hyp", "scratch-high", "lr0=0.005", "warmup_epochs=0"]) == 0
     run = tmp_path / "runs/exp"
     expected = resolve_hyp({**load_hyp("scratch-high"), "lr0": 0.005, "warmup_epochs": 0.0})

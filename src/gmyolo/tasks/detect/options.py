@@ -19,7 +19,7 @@ DEFAULT_OPSET = 17
 @dataclass
 class TrainArgs:
     data: str = "synth"  # dataset YAML, or 'synth' for the built-in synthetic dataset
-    model: str = "yolov5n-gmf-nano"  # model YAML (packaged name or path)
+    model: str = "yolo11n-gmf-nano"  # model YAML (packaged name or path); the quick start's anchor-free detector
     weights: str | None = None  # a gmyolo checkpoint to start from (weights copied where shapes fit)
     backbone_weights: str | None = None  # the authors' GroupMixFormer checkpoint for the backbone
     # Defaults: the quick start (`gmyolo train`: the nano detector on the synthetic data, ~8 CPU minutes).
@@ -37,7 +37,7 @@ class TrainArgs:
     cos_lr: bool = False  # cosine instead of linear learning-rate decay
     patience: int = 50  # early stop after this many epochs without a better fitness
     freeze: int = 0  # freeze the first N layers
-    freeze_stages: int = 0  # freeze the stem and first N GroupMixFormer stages
+    freeze_stages: int = 0  # freeze the stem and first N backbone stages (GroupMixFormer, Timm, TorchVision)
     close_mosaic: int = 5  # no mosaic for the last N epochs
     seed: int = 0
     amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on the CPU) | bf16 | fp16 | off
