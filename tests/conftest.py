@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -27,3 +31,33 @@ def reference_dir() -> Path:
 def _seed_and_threads():
     torch.manual_seed(0)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _run_until_then_kill(argv, marker: bytes, env, cwd, settle: float = 0.0, timeout: float = 240) -> bytes:
+    """Start ``argv``; once ``marker`` shows on its stderr (then ``settle`` seconds more), SIGKILL it. Returns the
+    stderr seen, for the caller to assert the marker was reached (the process is killed either way)."""
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=cwd)
+    seen = bytearray()
+
+    def read_stderr():
+        while chunk := proc.stderr.read1(4096):
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while marker not in seen and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if marker in seen:
+        time.sleep(settle)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    reader.join(10)
+    return bytes(seen)
+
+
+@pytest.fixture
+def kill_when_seen():
+    """SIGKILL a command once its stderr shows a marker (the resume tests' harness): ``kill_when_seen(argv,
+    marker, env, cwd, settle=0.0) -> stderr bytes``."""
+    return _run_until_then_kill

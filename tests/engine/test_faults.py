@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -65,7 +64,7 @@ def assert_same_training_state(a: dict, b: dict) -> None:
     assert torch.equal(a["rng_state"], b["rng_state"])
 
 
-def test_sigkill_mid_epoch_then_resume(synth, tmp_path):
+def test_sigkill_mid_epoch_then_resume(synth, tmp_path, kill_when_seen):
     # The same command twice: one run is SIGKILLed while it trains epoch 2, then resumed with the command its
     # error message suggests (`gmyolo train --resume LAST_PT`, which does not repeat --workers 0: the data must
     # not depend on it); the other runs straight through. Training depends only on (seed, epoch, step), so both
@@ -78,22 +77,8 @@ def test_sigkill_mid_epoch_then_resume(synth, tmp_path):
     with open(tmp_path / "straight.log", "wb") as log:
         straight = subprocess.Popen(command("straight"), stdout=log, stderr=log, env=env, cwd=tmp_path)
     try:
-        proc = subprocess.Popen(command("killed"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
-                                cwd=tmp_path)  # fmt: skip
-        seen = bytearray()
-
-        def read_stderr():  # the progress bar writes "2/3 ..." once a batch of epoch 2 has been trained
-            while chunk := proc.stderr.read1(4096):
-                seen.extend(chunk)
-
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 240
-        while b"2/3 cpu" not in seen and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        reader.join(10)
+        # The progress bar writes "2/3 cpu ..." once a batch of epoch 2 has been trained.
+        seen = kill_when_seen(command("killed"), b"2/3 cpu", env, tmp_path)
         assert b"2/3 cpu" in seen, seen.decode(errors="replace")[-2000:]
         run = tmp_path / "killed/exp"
         killed = torch.load(run / "weights/last.pt", weights_only=True)  # loads: never half written

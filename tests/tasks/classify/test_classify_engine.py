@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 
 import pytest
@@ -178,7 +177,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(shapes, tmp_path):
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(shapes, tmp_path, kill_when_seen):
     runner = tmp_path / "gmyolo_pico.py"  # `gmyolo` with the test's tiny variant registered
     runner.write_text(textwrap.dedent(RUNNER.format(pico=PICO)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -186,29 +185,9 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(shapes, tmp_p
     straight = subprocess.Popen([*base, "--project", str(tmp_path / "a")], env=env, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        proc = subprocess.Popen(
-            [*base, "--project", str(tmp_path / "b")],
-            env=env,
-            cwd=tmp_path,
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-        )
-        seen = bytearray()
-
-        def read_stderr():
-            while chunk := proc.stderr.read1(4096):
-                seen.extend(chunk)
-
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 240
-        while b"epoch 1/3" not in seen and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)  # the log line of epoch 1: its checkpoint is being written; epoch 2 starts next
+        # The log line of epoch 1: its checkpoint is being written; 0.3 s later epoch 2 is under way.
+        seen = kill_when_seen([*base, "--project", str(tmp_path / "b")], b"epoch 1/3", env, tmp_path, settle=0.3)
         assert b"epoch 1/3" in seen, seen.decode(errors="replace")[-2000:]
-        time.sleep(0.3)  # into epoch 2
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        reader.join(10)
         run = tmp_path / "b/exp"
         killed = torch.load(run / "weights/last.pt", weights_only=True)  # loads: never half written
         assert killed["epoch"] in (0, 1)

@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
-import threading
-import time
 
 import pytest
 import torch
@@ -49,7 +46,7 @@ def assert_same_training_state(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("model", ["yolo11n-gmf-nano", "yolo26n-gmf-nano"])
-def test_sigkill_mid_epoch_then_resume(synth, tmp_path, model):
+def test_sigkill_mid_epoch_then_resume(synth, tmp_path, model, kill_when_seen):
     def command(project):
         return [sys.executable, "-m", "gmyolo", "train", "--data", synth, "--model", model, "--epochs", "3",
                 "--project", str(tmp_path / project), *CLI]  # fmt: skip
@@ -58,22 +55,8 @@ def test_sigkill_mid_epoch_then_resume(synth, tmp_path, model):
     with open(tmp_path / "straight.log", "wb") as log:
         straight = subprocess.Popen(command("straight"), stdout=log, stderr=log, env=env, cwd=tmp_path)
     try:
-        proc = subprocess.Popen(command("killed"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env,
-                                cwd=tmp_path)  # fmt: skip
-        seen = bytearray()
-
-        def read_stderr():  # the progress bar writes "2/3 ..." once a batch of epoch 2 has been trained
-            while chunk := proc.stderr.read1(4096):
-                seen.extend(chunk)
-
-        reader = threading.Thread(target=read_stderr, daemon=True)
-        reader.start()
-        deadline = time.monotonic() + 240
-        while b"2/3 cpu" not in seen and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        reader.join(10)
+        # The progress bar writes "2/3 cpu ..." once a batch of epoch 2 has been trained.
+        seen = kill_when_seen(command("killed"), b"2/3 cpu", env, tmp_path)
         assert b"2/3 cpu" in seen, seen.decode(errors="replace")[-2000:]
         run = tmp_path / "killed/exp"
         resume = subprocess.run([sys.executable, "-m", "gmyolo", "train", "--resume", str(run / "weights/last.pt")],
