@@ -130,14 +130,17 @@ def compile_model(model: nn.Module, device: torch.device, **options: Any) -> nn.
 
 
 def compile_backend(backend: Any, enabled: bool) -> Any:
-    """``--compile`` for val and predict: the backend's PyTorch model compiled (``dynamic=None``: Dynamo marks
-    the image axes dynamic once a second size arrives, so rectangular batches do not recompile each time);
-    exported backends (ONNX, TorchScript) run as they are."""
+    """``--compile`` for val and predict: the backend's PyTorch model compiled, shapes specialised as in training
+    (each new rectangular batch shape compiles once, up to Dynamo's recompile limit, then runs eager: symbolic shapes
+    failed in Inductor on GroupMixFormer's strided attention maps with torch 2.14); exported backends (ONNX,
+    TorchScript) run as they are."""
     if not enabled:
         return backend
     model = getattr(backend, "model", None)
     if not isinstance(model, nn.Module):
         LOGGER.info("--compile: a %s model runs as exported (only checkpoints are compiled)", backend.kind)
+        return backend
+    if hasattr(model, "_orig_mod"):  # already compiled (a backend the Python API keeps between calls)
         return backend
     backend.model = compile_model(model, backend.device)
     return backend

@@ -149,6 +149,28 @@ def test_val_of_an_exported_model_equals_val_of_the_checkpoint(best, exported, t
         run_val(ValArgs(weights=exported["fixed.onnx"], imgsz=128, **kwargs))
 
 
+def test_compile_flag_in_val_and_predict(best, exported, val_images, tmp_path, monkeypatch):
+    # The wiring of --compile in val and predict: torch.compile is asked for the checkpoint's fused model (once per
+    # backend, never for an exported file). A stand-in for torch.compile that returns the model keeps this fast
+    # (Inductor compiles for minutes on a CPU); the compiled path itself is tested in tests/engine/test_precision.py.
+    compiled = []
+
+    def fake_compile(model, **options):
+        compiled.append((type(model).__name__, options))
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    kwargs = dict(batch=4, plots=False, progress=False, project=str(tmp_path))
+    plain = run_val(ValArgs(weights=best, **kwargs))
+    assert not compiled
+    with_compile = run_val(ValArgs(weights=best, compile=True, **kwargs))
+    assert compiled == [("DetectionModel", {"dynamic": False})]
+    assert with_compile["mAP50"] == plain["mAP50"]
+    list(predict(PredictArgs(weights=best, source=str(val_images[0]), compile=True, save=False)))
+    run_val(ValArgs(weights=exported["dyn.onnx"], compile=True, **kwargs))  # exported: runs as it is
+    assert len(compiled) == 2
+
+
 def test_cli_predict_writes_the_run_folder(best, val_images, tmp_path, caplog):
     folder = tmp_path / "images"
     folder.mkdir()

@@ -23,6 +23,7 @@ import torch
 from ...data.augment import letterbox, stride_multiple
 from ...data.sources import Frame, iter_frames
 from ...engine.device import select_device
+from ...engine.precision import compile_backend
 from ...engine.runs import increment_path
 from ...models.yolo import DetectionModel
 from ...utils.files import atomic_write
@@ -158,6 +159,7 @@ def predict(
     """
     args.check()
     backend = model if isinstance(model, Backend) else load_backend(model or args.weights, select_device(args.device))
+    backend = compile_backend(backend, args.compile)
     predictor = Predictor(backend, args)
     frames = iter_frames(args.source, args.vid_stride)  # raises now for a missing source, before any folder is made
     first = next(frames, None)

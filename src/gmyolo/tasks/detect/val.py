@@ -11,6 +11,7 @@ from ...data.augment import stride_multiple
 from ...data.config import load_dataset_config
 from ...data.dataset import build_dataloader, create_dataset
 from ...engine.device import select_device
+from ...engine.precision import compile_backend
 from ...engine.runs import increment_path
 from .backends import load_backend
 from .coco_eval import coco_detections, coco_ground_truth, run_cocoeval
@@ -29,6 +30,7 @@ def run_val(args: ValArgs) -> dict[str, Any]:
         raise ValueError("--conf and --iou must be between 0 and 1")
     device = select_device(args.device)
     backend = load_backend(args.weights, device)  # a checkpoint, or an exported .onnx / .torchscript file
+    backend = compile_backend(backend, args.compile)
     if not (args.data or backend.data):
         raise ValueError(f"{args.weights} does not say which dataset it was trained on: pass --data")
     data = load_dataset_config(args.data or backend.data, require=(args.split,))
