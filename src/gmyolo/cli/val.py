@@ -23,6 +23,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--max-det", type=int, default=d.max_det)
     p.add_argument("--save-json", action="store_true", help="write COCO-format detections and run pycocotools")
     p.add_argument("--coco-gt", default=None, help="COCO ground-truth JSON for pycocotools (default: from labels)")
+    p.add_argument(
+        "--matching",
+        default=d.matching,
+        choices=["auto", "coco", "best_iou"],
+        help="matching of detections to labels: coco (pycocotools' score order), best_iou (YOLOv5's and "
+        "Ultralytics'); auto (default): best_iou for YOLOv5's head, coco for the anchor-free heads",
+    )
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)
     p.add_argument("--exist-ok", action="store_true")

@@ -149,6 +149,21 @@ def test_val_of_an_exported_model_equals_val_of_the_checkpoint(best, exported, t
         run_val(ValArgs(weights=exported["fixed.onnx"], imgsz=128, **kwargs))
 
 
+def test_matching_rule_of_val(best, tmp_path, capsys):
+    # YOLOv5's head is matched by YOLOv5's rule unless asked; --matching coco gives pycocotools' figure (its mAP on
+    # the same detections within 0.005), whatever the head.
+    kwargs = dict(batch=8, plots=False, progress=False, project=str(tmp_path))
+    auto = run_val(ValArgs(weights=best, **kwargs))
+    assert auto["matching"] == "best_iou" and "matching: best_iou" in capsys.readouterr().out
+    assert run_val(ValArgs(weights=best, matching="best_iou", **kwargs))["mAP50-95"] == auto["mAP50-95"]
+    coco = run_val(ValArgs(weights=best, matching="coco", save_json=True, **kwargs))
+    assert coco["matching"] == "coco" and coco["mAP50"] > 0.01
+    assert abs(coco["mAP50-95"] - coco["coco"]["mAP50-95"]) < 0.005, coco
+    assert abs(coco["mAP50"] - coco["coco"]["mAP50"]) < 0.005, coco
+    with pytest.raises(ValueError, match="--matching must be one of"):
+        run_val(ValArgs(weights=best, matching="greedy", **kwargs))
+
+
 def test_compile_flag_in_val_and_predict(best, exported, val_images, tmp_path, monkeypatch):
     # The wiring of --compile in val and predict: torch.compile is asked for the checkpoint's fused model (once per
     # backend, never for an exported file). A stand-in for torch.compile that returns the model keeps this fast

@@ -79,6 +79,9 @@ class ValArgs:
     max_det: int = 300
     save_json: bool = False  # COCO-format detections + pycocotools evaluation
     coco_gt: str | None = None  # a COCO ground-truth JSON for pycocotools (default: made from the labels)
+    # How detections are matched to labels: auto = YOLOv5's rule (best IoU first) for YOLOv5's head and
+    # pycocotools' (score order) for the others; coco or best_iou for one rule whatever the head.
+    matching: str = "auto"
     project: str = "runs/val"
     name: str = "exp"
     exist_ok: bool = False

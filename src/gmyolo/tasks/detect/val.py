@@ -13,12 +13,15 @@ from ...data.dataset import build_dataloader, create_dataset
 from ...engine.device import select_device
 from ...engine.precision import compile_backend
 from ...engine.runs import increment_path
+from ...models.yolo.head import YOLOV5_FORMAT
 from .backends import load_backend
 from .coco_eval import coco_detections, coco_ground_truth, run_cocoeval
 from .options import ValArgs
 from .validator import format_table, save_validation_plots, validate
 
-__all__ = ["ValArgs", "run_val"]
+__all__ = ["ValArgs", "run_val", "MATCHING_RULES"]
+
+MATCHING_RULES = ("auto", "coco", "best_iou")
 
 LOGGER = logging.getLogger("gmyolo")
 
@@ -28,6 +31,8 @@ def run_val(args: ValArgs) -> dict[str, Any]:
         raise ValueError(f"--batch must be positive, got {args.batch}")
     if not 0 <= args.conf <= 1 or not 0 <= args.iou <= 1:
         raise ValueError("--conf and --iou must be between 0 and 1")
+    if args.matching not in MATCHING_RULES:
+        raise ValueError(f"--matching must be one of {', '.join(MATCHING_RULES)}, got {args.matching!r}")
     device = select_device(args.device)
     backend = load_backend(args.weights, device)  # a checkpoint, or an exported .onnx / .torchscript file
     backend = compile_backend(backend, args.compile)
@@ -58,6 +63,7 @@ def run_val(args: ValArgs) -> dict[str, Any]:
         max_det=args.max_det,
         keep_predictions=args.save_json,
         progress=args.progress,
+        matching=None if args.matching == "auto" else args.matching,
     )
     save_dir = increment_path(Path(args.project) / args.name, args.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
@@ -67,7 +73,11 @@ def run_val(args: ValArgs) -> dict[str, Any]:
         f"speed per image: {s['preprocess']:.1f} ms preprocess, {s['inference']:.1f} ms inference, "
         f"{s['nms']:.1f} ms NMS at {imgsz}px"
     )
-    out: dict[str, Any] = {**results.as_dict(), "fitness": results.fitness, "save_dir": str(save_dir)}
+    rule = (
+        args.matching if args.matching != "auto" else ("best_iou" if backend.output_format == YOLOV5_FORMAT else "coco")
+    )
+    print(f"matching: {rule} ({'best IoU first, as YOLOv5' if rule == 'best_iou' else 'score order, as pycocotools'})")
+    out: dict[str, Any] = {**results.as_dict(), "fitness": results.fitness, "save_dir": str(save_dir), "matching": rule}
     if args.plots:
         save_validation_plots(results, save_dir)
     if args.save_json:
