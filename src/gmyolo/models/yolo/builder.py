@@ -26,7 +26,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +47,7 @@ __all__ = [
     "LayerRow",
     "load_model_yaml",
     "parse_model",
+    "run_layers",
     "packaged_models",
     "resolve_model_path",
     "guess_model_scale",
@@ -465,38 +466,59 @@ def shape_text(x: Any) -> str:
     return type(x).__name__
 
 
+def run_layers(
+    layers: nn.Sequential,
+    x: Any,
+    keep: Container[int] | None = None,
+    call: Callable[[nn.Module, Any], Any] | None = None,
+) -> Any:
+    """The forward pass of built layers: each reads its ``from`` maps, a multi-output layer adds one map per output
+    (its BackboneOutput placeholders are skipped). ``keep``: the layer indices later layers read (None: all);
+    ``call(m, x)`` runs one layer (default ``m(x)``)."""
+    y: list[Any] = []
+    for m in layers:
+        if isinstance(m, BackboneOutput):
+            continue  # stored when its backbone ran
+        if m.f != -1:
+            x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
+        x = call(m, x) if call is not None else m(x)
+        if m.num_outputs > 1:
+            y.extend(x)
+            x = x[-1]
+        else:
+            y.append(x if keep is None or m.i in keep else None)
+    return x
+
+
 @torch.no_grad()
 def first_forward(layers: nn.Sequential, wheres: list[str], ch: int) -> None:
-    """Run the layers once in eval mode on a 1×ch×S×S zero input (S = twice the largest stride), layer by layer,
-    as :meth:`DetectionModel.forward` routes them; a layer that fails, or whose map size disagrees with the
-    stride its rule declared, is named. Nothing is changed: train/eval flags are restored, eval mode draws no
+    """Run the layers once in eval mode on a 1×ch×S×S zero input (S = twice the largest stride), as
+    :meth:`DetectionModel.forward` does (:func:`run_layers`); a layer that fails, or whose map size disagrees with
+    the stride its rule declared, is named. Nothing is changed: train/eval flags are restored, eval mode draws no
     random numbers and updates no statistics."""
     size = int(2 * max(max(getattr(m, "out_stride", 1) for m in layers), 1))
     flags = [(m, m.training) for m in layers.modules()]
     param = next(layers.parameters(), None)
     x = torch.zeros(1, ch, size, size, dtype=param.dtype if param is not None else torch.float32)
+
+    def checked_call(m: nn.Module, x: Any) -> Any:
+        where = wheres[m.i]
+        try:
+            out = m(x)
+        except Exception as e:  # noqa: BLE001 - whatever torch raises, it is this layer's error
+            raise ModelConfigError(f"{where}: {m.type} fails on input {shape_text(x)}: {one_line(e)}") from None
+        for k, t in enumerate(list(out) if m.num_outputs > 1 else [out]):
+            expected = size / layers[m.i + k].out_stride
+            if isinstance(t, torch.Tensor) and t.ndim == 4 and (t.shape[2] != expected or t.shape[3] != expected):
+                raise ModelConfigError(
+                    f"{where}: {m.type} gives a {shape_text(t)} map from input {shape_text(x)}, but its declared "
+                    f"stride {layers[m.i + k].out_stride:g} means {expected:g}x{expected:g} at this input size"
+                )
+        return out
+
     layers.eval()
     try:
-        y: list[Any] = []
-        for m, where in zip(layers, wheres):
-            if isinstance(m, BackboneOutput):
-                continue
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            try:
-                out = m(x)
-            except Exception as e:  # noqa: BLE001 - whatever torch raises, it is this layer's error
-                raise ModelConfigError(f"{where}: {m.type} fails on input {shape_text(x)}: {one_line(e)}") from None
-            maps = list(out) if m.num_outputs > 1 else [out]
-            for k, t in enumerate(maps):
-                expected = size / layers[m.i + k].out_stride
-                if isinstance(t, torch.Tensor) and t.ndim == 4 and (t.shape[2] != expected or t.shape[3] != expected):
-                    raise ModelConfigError(
-                        f"{where}: {m.type} gives a {shape_text(t)} map from input {shape_text(x)}, but its declared "
-                        f"stride {layers[m.i + k].out_stride:g} means {expected:g}x{expected:g} at this input size"
-                    )
-            y.extend(maps)
-            x = maps[-1]
+        run_layers(layers, x, call=checked_call)
     finally:
         for m, training in flags:
             m.training = training

@@ -12,7 +12,7 @@ from torch import nn
 
 from ...errors import ModelConfigError
 from .anchor_free import AnchorFreeDetect
-from .builder import BackboneOutput, load_model_yaml, parse_model
+from .builder import load_model_yaml, parse_model, run_layers
 from .head import Detect
 
 __all__ = ["DetectionModel", "HEADS"]
@@ -74,19 +74,7 @@ class DetectionModel(nn.Module):
         return self.detect.output_format
 
     def forward(self, x: torch.Tensor):
-        y: list[torch.Tensor | None] = []
-        for m in self.model:
-            if isinstance(m, BackboneOutput):
-                continue  # stored when its backbone ran
-            if m.f != -1:
-                x = y[m.f] if isinstance(m.f, int) else [x if j == -1 else y[j] for j in m.f]
-            x = m(x)
-            if m.num_outputs > 1:
-                y.extend(x)
-                x = x[-1]
-            else:
-                y.append(x if m.i in self.save else None)
-        return x
+        return run_layers(self.model, x, self.save)
 
     def no_weight_decay(self) -> set[str]:
         """Parameters that learn without weight decay: every norm weight and bias, and what each submodule
