@@ -27,8 +27,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--matching",
         default=d.matching,
         choices=["auto", "coco", "best_iou"],
-        help="matching of detections to labels: coco (pycocotools' score order), best_iou (YOLOv5's and "
-        "Ultralytics'); auto (default): best_iou for YOLOv5's head, coco for the anchor-free heads",
+        help="how detections are scored: coco (pycocotools' matching in score order and 101-point AP), best_iou "
+        "(YOLOv5 7.0 val.py's: each detection's best-IoU label, to the highest-score such detection; YOLOv5's AP "
+        "integration); auto (default): best_iou for YOLOv5's head, coco for the anchor-free heads",
     )
     p.add_argument("--project", default=d.project)
     p.add_argument("--name", default=d.name)

@@ -76,7 +76,8 @@ def run_val(args: ValArgs) -> dict[str, Any]:
     rule = (
         args.matching if args.matching != "auto" else ("best_iou" if backend.output_format == YOLOV5_FORMAT else "coco")
     )
-    print(f"matching: {rule} ({'best IoU first, as YOLOv5' if rule == 'best_iou' else 'score order, as pycocotools'})")
+    about = "YOLOv5 7.0 val.py's matching and AP" if rule == "best_iou" else "pycocotools' matching and AP"
+    print(f"matching: {rule} ({about})")
     out: dict[str, Any] = {**results.as_dict(), "fitness": results.fitness, "save_dir": str(save_dir), "matching": rule}
     if args.plots:
         save_validation_plots(results, save_dir)

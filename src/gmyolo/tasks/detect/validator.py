@@ -1,9 +1,10 @@
 """Validation: run a model over a loader, match detections to labels, compute P, R, mAP, and report.
 
 Boxes are compared in original image pixels (predictions and labels both mapped back through the
-letterbox), as YOLOv5 and COCO do. Detections of YOLOv5's head are matched to labels by YOLOv5's rule (best
-IoU first; its results stay what they were); those of the anchor-free and end-to-end heads by COCO's
-(score order), so their mAP is pycocotools' on the same detections.
+letterbox), as YOLOv5 and COCO do. Detections of YOLOv5's head are scored by YOLOv5 7.0's val rule (its
+``process_batch`` matching and its ``compute_ap`` integration), so their mAP is YOLOv5's ``val.py``'s on the
+same detections; those of the anchor-free and end-to-end heads by pycocotools' (score-order matching, 101-point
+AP), so theirs is pycocotools'. See :mod:`.metrics`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,15 @@ from torchvision.ops import box_convert
 from tqdm import tqdm
 
 from ...models.yolo.head import YOLOV5_FORMAT
-from .metrics import IOU_THRESHOLDS, ConfusionMatrix, DetectionMetrics, ap_per_class, fitness, match_predictions
+from .metrics import (
+    AP_INTEGRATION,
+    IOU_THRESHOLDS,
+    ConfusionMatrix,
+    DetectionMetrics,
+    ap_per_class,
+    fitness,
+    match_predictions,
+)
 from .postprocess import postprocess, scale_boxes
 
 __all__ = ["ValResults", "validate", "format_table"]
@@ -93,7 +102,8 @@ def validate(
     ``model`` is a DetectionModel (eval mode returns (decoded, raw)) or any callable returning the decoded
     tensor, such as an ONNX backend (then ``compute_loss`` cannot be used); its ``output_format`` (YOLOv5's
     when it has none) says whether NMS or the end-to-end top-k turns that into detections. ``matching``: the
-    rule detections are matched to labels by (see :func:`.metrics.match_predictions`); default YOLOv5's
+    rule detections are scored by, ``best_iou`` (YOLOv5 7.0's matching and AP integration) or ``coco``
+    (pycocotools'), see :func:`.metrics.match_predictions` and :data:`.metrics.AP_INTEGRATION`; default
     ``best_iou`` for YOLOv5's head, ``coco`` for the others.
     """
     device = torch.device(device)
@@ -111,6 +121,8 @@ def validate(
     predictions: list[dict[str, Any]] = []
     output_format = getattr(model, "output_format", YOLOV5_FORMAT)
     rule = matching or ("best_iou" if output_format == YOLOV5_FORMAT else "coco")
+    if rule not in AP_INTEGRATION:
+        raise ValueError(f"unknown matching rule {rule!r}; known: {', '.join(AP_INTEGRATION)}")
     bar = tqdm(loader, desc=f"{'validating':>22}", leave=False, disable=not progress, dynamic_ncols=True)
     for images, targets, paths, shapes in bar:
         t0 = time.perf_counter()
@@ -152,7 +164,7 @@ def validate(
         tp, confs, pcls, tcls = (torch.cat(x, 0).numpy() for x in zip(*stats))
     else:
         tp, confs, pcls, tcls = np.zeros((0, len(iouv)), bool), np.zeros(0), np.zeros(0), np.zeros(0)
-    metrics = ap_per_class(tp, confs, pcls, tcls)
+    metrics = ap_per_class(tp, confs, pcls, tcls, integration=AP_INTEGRATION[rule])
     n = max(n_images, 1)
     if isinstance(model, nn.Module):
         model.train(was_training)
