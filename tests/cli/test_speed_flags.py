@@ -15,10 +15,10 @@ from gmyolo.tools.options import BenchArgs
 @pytest.mark.parametrize(
     "argv, amp, compile_, workers",
     [
-        ([], "auto", False, None),
-        (["--amp", "bf16", "--compile", "--workers", "4"], "bf16", True, 4),
-        (["--amp", "fp16"], "fp16", False, None),
-        (["--no-amp"], "off", False, None),
+        ([], "auto", "off", None),
+        (["--amp", "bf16", "--compile", "--workers", "4"], "bf16", "default", 4),
+        (["--amp", "fp16", "--compile", "reduce-overhead"], "fp16", "reduce-overhead", None),
+        (["--no-amp"], "off", "off", None),
     ],
 )
 def test_train_flags(argv, amp, compile_, workers):
@@ -31,9 +31,27 @@ def test_inference_and_bench_flags():
     parser = build_parser()
     val = args_as(ValArgs, parser.parse_args(["val", "--compile"]))
     predict = args_as(PredictArgs, parser.parse_args(["predict", "--source", "x.jpg", "--compile"]))
-    assert val.compile and predict.compile and val.workers is None
+    assert val.compile == predict.compile == "default" and val.workers is None
     bench = args_as(BenchArgs, parser.parse_args(["bench", "--amp", "off", "--compile", "--infer-batch", "32"]))
-    assert (bench.amp, bench.compile, bench.infer_batch, bench.workers) == ("off", True, 32, None)
+    assert (bench.amp, bench.compile, bench.infer_batch, bench.workers) == ("off", "default", 32, None)
+    assert args_as(ValArgs, parser.parse_args(["val"])).compile == "off"
+
+
+def test_compile_modes_and_old_run_files():
+    from gmyolo.engine.options import compile_mode
+
+    assert [compile_mode(v) for v in (True, False, None, "max-autotune")] == ["default", "off", "off", "max-autotune"]
+    args = TrainArgs(compile=True)  # a run file of an earlier version
+    args.check()
+    assert args.compile == "default"
+    with pytest.raises(ValueError, match="--compile must be one of off, default, reduce-overhead, max-autotune"):
+        TrainArgs(compile="fast").check()
+
+
+def test_bad_compile_mode_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--compile", "fastest"])
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err
 
 
 def test_bad_amp_is_refused(capsys):

@@ -127,3 +127,46 @@ def test_compiled_training_gives_eager_loss(synth, tmp_path):
         rows[compile_] = read_rows(project / "exp/results.csv")[0]
     for key in ("train/box_loss", "train/obj_loss", "train/cls_loss", "val/box_loss", "val/obj_loss", "val/cls_loss"):
         assert float(rows[True][key]) == pytest.approx(float(rows[False][key]), rel=1e-3), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_regional_compile_of_gma_blocks_gives_eager_losses(mode):
+    # --compile on a GroupMixFormer compiles its GMA blocks, not the network: blocks of one width share one graph
+    # (here two blocks with different drop-path rates: the stage draws the drop-path factors, so the rates are not
+    # baked into the graph), and training steps give eager's losses. The blocks in their batched form, as a GPU runs
+    # them; on a CPU, reduce-overhead compiles as default does (CUDA graphs are CUDA's). About a minute each.
+    from torch._dynamo.utils import counters
+
+    from gmyolo.engine.precision import compile_model
+    from gmyolo.models.groupmixformer import GroupMixFormer
+
+    def model() -> GroupMixFormer:
+        torch.manual_seed(0)
+        m = GroupMixFormer(
+            embedding_dims=(40, 80, 120, 160), serial_depths=(2, 1, 1, 1), features_only=True, out_indices=(0,),
+            drop_path_rate=0.2,
+        )  # fmt: skip
+        m.set_block_form("batched")
+        return m.train()
+
+    def losses(m: torch.nn.Module) -> list[float]:
+        opt = torch.optim.SGD(m.parameters(), lr=0.05)
+        torch.manual_seed(1)  # the same images and drop-path draws for both
+        out = []
+        for _ in range(3):
+            loss = m(torch.randn(2, 3, 64, 64))[0].square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            out.append(loss.item())
+        return out
+
+    eager = losses(model())
+    counters.clear()
+    compiled = compile_model(model(), CPU, mode)
+    assert isinstance(compiled, GroupMixFormer)  # compiled in place: the state dict keeps its names
+    assert all(not k.startswith("_orig_mod") for k in compiled.state_dict())
+    got = losses(compiled)
+    assert counters["stats"]["unique_graphs"] == 1  # both blocks, one graph
+    assert got == pytest.approx(eager, rel=1e-4), (got, eager)

@@ -40,7 +40,11 @@ def golden(reference_dir):
     return torch.load(reference_dir / "groupmixformer_golden_small.pt", weights_only=True)
 
 
-def golden_model(golden, **kwargs) -> GroupMixFormer:
+# The two forms of a GMA block (segments: the CPU's default; batched: every other device's); both are held to the spec.
+FORMS = ["segments", "batched"]
+
+
+def golden_model(golden, form: str = "auto", **kwargs) -> GroupMixFormer:
     cfg = golden["config"]
     model = GroupMixFormer(
         num_classes=cfg["num_classes"],
@@ -50,11 +54,13 @@ def golden_model(golden, **kwargs) -> GroupMixFormer:
         **kwargs,
     )
     model.load_pretrained(golden["state_dict"])
+    model.set_block_form(form)
     return model
 
 
-def test_golden_eval_features_and_logits(golden):
-    model = golden_model(golden).eval()
+@pytest.mark.parametrize("form", FORMS)
+def test_golden_eval_features_and_logits(golden, form):
+    model = golden_model(golden, form).eval()
     with torch.no_grad():
         maps = model.forward_features(golden["input"])
         logits = model(golden["input"])
@@ -64,8 +70,9 @@ def test_golden_eval_features_and_logits(golden):
     assert_golden(logits, golden["eval_logits"], "eval logits")
 
 
-def test_golden_train_logits_and_input_gradient(golden):
-    model = golden_model(golden).train()
+@pytest.mark.parametrize("form", FORMS)
+def test_golden_train_logits_and_input_gradient(golden, form):
+    model = golden_model(golden, form).train()
     x = golden["input"].clone().requires_grad_(True)
     logits = model(x)
     assert_golden(logits, golden["train_logits"], "train logits")
@@ -75,8 +82,9 @@ def test_golden_train_logits_and_input_gradient(golden):
     assert_golden(x.grad, golden["train_input_grad"], "train input gradient", atol=GOLDEN_GRAD_RTOL * scale)
 
 
-def test_golden_features_mode_matches(golden):
-    model = golden_model(golden, features_only=True, out_indices=(1, 3)).eval()
+@pytest.mark.parametrize("form", FORMS)
+def test_golden_features_mode_matches(golden, form):
+    model = golden_model(golden, form, features_only=True, out_indices=(1, 3)).eval()
     with torch.no_grad():
         maps = model(golden["input"])
     assert [m.shape[1] for m in maps] == model.out_channels == [golden["eval_features"][i].shape[1] for i in (1, 3)]
@@ -165,11 +173,26 @@ def test_min_pool_is_a_min():
 
 def test_drop_path_rates_rise_linearly():
     model = groupmixformer("m", drop_path_rate=0.3)
-    rates = [b.drop_path.p for stage in model.groupmixformer_backbone for b in stage.gma_stage]
+    rates = [b.drop_path for stage in model.groupmixformer_backbone for b in stage.gma_stage]
     assert rates[0] == 0 and rates[-1] == pytest.approx(0.3)
     assert all(b > a for a, b in zip(rates, rates[1:]))
     default = groupmixformer("b")
-    assert default.groupmixformer_backbone[3].gma_stage[-1].drop_path.p == pytest.approx(0.5)
+    assert default.groupmixformer_backbone[3].gma_stage[-1].drop_path == pytest.approx(0.5)
+
+
+def test_stochastic_depth_is_drawn_per_stage():
+    stage = groupmixformer("m", drop_path_rate=0.3).groupmixformer_backbone[0].train()  # 3 blocks: rates 0 .. 0.03
+    x = torch.randn(64, 40, 4, 4)
+    torch.manual_seed(0)
+    keep = stage.keep_factors(x)
+    assert keep.shape == (3, 2, 64, 1, 1)
+    assert (keep[0] == 1).all()  # the first block of the network never drops
+    survival = 1 - stage.gma_stage[2].drop_path
+    dropped = keep[2] == 0
+    assert dropped.any() and torch.allclose(keep[2][~dropped], torch.tensor(1 / survival))
+    assert stage.eval().keep_factors(x) is None
+    last = groupmixformer("m", drop_path_rate=1.0).groupmixformer_backbone[3].train().keep_factors(x)
+    assert (last[-1] == 0).all() and torch.isfinite(last).all()  # the rate-1 block drops all, without dividing by 0
 
 
 def test_training_step_updates_and_freeze_stages():
@@ -260,16 +283,86 @@ def test_fused_equals_golden_after_loading_authors_weights(golden):
     assert_golden(logits, golden["eval_logits"], "fused logits")
 
 
-def test_literal_reference_equals_model():
+@pytest.mark.parametrize("form", FORMS)
+def test_literal_reference_equals_model(form):
     model = randomize_norms(GroupMixFormer(**SMALL)).eval()
+    model.set_block_form(form)
     x = torch.randn(2, 3, 72, 100)
     with torch.no_grad():
         for ours, ref in zip(model.forward_features(x), literal_forward_features(model, x)):
             torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
-    with pytest.raises(ValueError, match="eval mode"):
-        literal_forward_features(model.train(), x)
     with pytest.raises(ValueError, match="unfused"):
         literal_forward_features(copy.deepcopy(model).eval().fuse(), x)
+
+
+GRAD_RTOL = 1e-5  # each parameter's gradient against the spec form's, relative to its largest magnitude
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_training_gradients_equal_the_spec_form(form):
+    """Train mode (BatchNorm on batch statistics): every parameter's gradient as the literal spec order gives it."""
+    model = randomize_norms(GroupMixFormer(**{**SMALL, "num_classes": 0}, features_only=True)).train()
+    model.set_block_form(form)
+    x = torch.randn(2, 3, 72, 100)
+    weights = [torch.randn(m.shape) for m in literal_forward_features(model, x)]
+
+    def grads(forward):
+        model.zero_grad()
+        sum((m * w).sum() for m, w in zip(forward(x), weights)).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ours, spec = grads(model.forward_features), grads(lambda t: literal_forward_features(model, t))
+    assert ours.keys() == spec.keys()
+    # The stem's conv biases sit before train-mode BatchNorms, which remove any shift: their exact gradient is 0 and
+    # both computations give rounding noise (measured ~1e-4 against ~50 for the largest gradients).
+    largest = max(g.abs().max().item() for g in spec.values())
+    zero = {n for n, g in spec.items() if g.abs().max() <= GRAD_RTOL * largest}
+    assert zero == {"conv_stem.proj1.bias", "conv_stem.proj2.bias"}
+    assert all(ours[n].abs().max() <= GRAD_RTOL * largest for n in zero)
+    worst = max((ours[n] - g).abs().max().item() / g.abs().max().item() for n, g in spec.items() if n not in zero)
+    print(f"{form}: largest relative gradient difference {worst:.2e} over {len(spec) - len(zero)} parameters")
+    for n, g in spec.items():
+        if n not in zero:
+            torch.testing.assert_close(ours[n], g, rtol=0, atol=GRAD_RTOL * g.abs().max().item(), msg=n)
+
+
+def test_forms_agree_under_bf16_autocast_and_with_drop_path():
+    torch.manual_seed(3)
+    segments = GroupMixFormer(**{**SMALL, "drop_path_rate": 0.3}).train()
+    batched = copy.deepcopy(segments)
+    segments.set_block_form("segments")
+    batched.set_block_form("batched")
+    x = torch.randn(4, 3, 64, 64)
+    outs = []
+    for model in (segments, batched):
+        torch.manual_seed(7)  # the same drop-path draws
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(model(x).float())
+    torch.testing.assert_close(outs[1], outs[0], atol=0.05, rtol=0.05)
+    with pytest.raises(ValueError, match="pooling aggregators run in segments"):
+        GroupMixFormer(**SMALL, aggregator="max").set_block_form("batched")
+    with pytest.raises(ValueError, match="unknown GMA block form"):
+        segments.set_block_form("fast")
+
+
+def test_state_dict_round_trip_keeps_the_joint_batchnorm():
+    """The four segment BatchNorms are one module, saved under the authors' four names and loaded back whole."""
+    model = randomize_norms(GroupMixFormer(**SMALL))
+    state = model.state_dict()
+    agg = "groupmixformer_backbone.0.gma_stage.0.att.aggregator."
+    assert [k for k in state if k.startswith(agg + "norm")][:6] == [
+        agg + "norm0.weight", agg + "norm0.bias", agg + "norm0.running_mean", agg + "norm0.running_var",
+        agg + "norm0.num_batches_tracked", agg + "norm1.weight",
+    ]  # fmt: skip
+    joint = model.groupmixformer_backbone[0].gma_stage[0].att.aggregator.norm
+    torch.testing.assert_close(torch.cat([state[agg + f"norm{j}.running_var"] for j in range(4)]), joint.running_var)
+    fresh = GroupMixFormer(**SMALL)
+    fresh.load_state_dict(state)
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    # Code that updates state-dict entries in place (YOLOv5's EMA does) reaches the joint norm: they are views of it.
+    state[agg + "norm2.weight"].fill_(3.0)
+    assert (joint.weight[16:24] == 3.0).all()
 
 
 def test_grad_checkpointing_same_gradients_and_batchnorm_updated_once():

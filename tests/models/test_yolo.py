@@ -185,7 +185,7 @@ def test_backbone_args_pretrained_drop_path_and_frozen_stages(tmp_path):
         backbone.groupmixformer_backbone[3].gma_stage[0].att.qkv.weight,
         source.groupmixformer_backbone[3].gma_stage[0].att.qkv.weight,
     )
-    assert backbone.groupmixformer_backbone[3].gma_stage[-1].drop_path.p == pytest.approx(0.05)
+    assert backbone.groupmixformer_backbone[3].gma_stage[-1].drop_path == pytest.approx(0.05)
     assert not any(p.requires_grad for p in backbone.groupmixformer_backbone[1].parameters())
     assert all(p.requires_grad for p in backbone.groupmixformer_backbone[2].parameters())
     # Keyword form, and a checkpoint of the wrong variant: one clear error naming the layer.

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..engine.options import AMP_MODES
 from ..tools.options import MODES, BenchArgs
-from .common import add_plugin_argument, args_as
+from .common import add_compile_argument, add_plugin_argument, args_as
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -57,7 +57,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         help="precision of the training step and the PyTorch inference modes, as `gmyolo train --amp` (default auto: "
         "bf16 or fp16 on a GPU, fp32 on a CPU)",
     )
-    p.add_argument("--compile", action="store_true", help="torch.compile the model in the training step")
+    add_compile_argument(p, "torch.compile the model in the training step, as `gmyolo train --compile`")
     p.add_argument("--no-train", dest="train", action="store_false", help="skip the training step")
     p.add_argument("--no-predict", dest="predict", action="store_false", help="skip predict end to end")
     p.add_argument("--no-data", dest="data", action="store_false", help="skip the data pipeline")

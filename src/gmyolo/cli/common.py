@@ -26,11 +26,7 @@ def add_speed_arguments(parser: argparse.ArgumentParser, amp: bool = True) -> No
         help="data loader worker processes, per GPU under DDP (default: min(8, CPU cores / GPUs, batch), as YOLOv5); "
         "they stay alive across epochs",
     )
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the model (not the loss): slower start, faster steps on a GPU; off by default",
-    )
+    add_compile_argument(parser, "torch.compile the model (not the loss): slower start, faster steps on a GPU")
     if amp:
         parser.add_argument(
             "--amp",
@@ -40,6 +36,22 @@ def add_speed_arguments(parser: argparse.ArgumentParser, amp: bool = True) -> No
             "fp32 on a CPU; bf16 (also on a CPU), fp16 (GPUs), or off (fp32). Weights, EMA and checkpoints stay fp32",
         )
         parser.add_argument("--no-amp", dest="amp", action="store_const", const="off", help="the same as --amp off")
+
+
+def add_compile_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--compile [MODE]``: off unless given; ``--compile`` alone is torch.compile's default mode."""
+    from ..engine.options import COMPILE_MODES
+
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="default",
+        default="off",
+        choices=COMPILE_MODES,
+        metavar="MODE",
+        help=f"{what}; off by default. MODE: default (what --compile alone gives), reduce-overhead (also CUDA "
+        "graphs), max-autotune. A GroupMixFormer's GMA blocks are compiled one block shape at a time",
+    )
 
 
 def add_resume_argument(parser: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..tasks.detect.options import PredictArgs
-from .common import add_plugin_argument, args_as
+from .common import add_compile_argument, add_plugin_argument, args_as
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -20,9 +20,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", type=int, nargs="+", default=None, metavar="ID", help="keep only these class ids")
     p.add_argument("--agnostic-nms", action="store_true", help="class-agnostic NMS")
     p.add_argument("--device", default=d.device, help="'' (auto), cpu, 0, cuda:0")
-    p.add_argument(
-        "--compile", action="store_true", help="torch.compile a checkpoint's model (slower start, faster frames)"
-    )
+    add_compile_argument(p, "torch.compile a checkpoint's model (slower start, faster frames)")
     p.add_argument("--vid-stride", type=int, default=d.vid_stride, help="use every n-th video frame")
     p.add_argument("--nosave", dest="save", action="store_false", help="do not save annotated images/videos")
     p.add_argument("--save-txt", action="store_true", help="save YOLO-format labels (labels/<name>.txt)")

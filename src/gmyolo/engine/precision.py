@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .options import amp_mode
+from .options import amp_mode, compile_mode
 
 __all__ = [
     "Precision",
@@ -106,41 +106,61 @@ def to_float32(out: Any) -> Any:
 
 @contextlib.contextmanager
 def cudnn_benchmark(enabled: bool):
-    """cuDNN picks the fastest convolution algorithms for the input shapes it sees (worth it when they repeat,
-    as fixed-size training batches do); restored on exit."""
+    """cuDNN autotuning on or off inside the block, restored on exit. On, cuDNN times every algorithm for each new
+    convolution shape it meets and keeps the fastest: worth it for shapes that repeat, as fixed-size training
+    batches do, and not for validation's rectangular batches, whose shapes each come once an epoch."""
     before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = enabled or before
+    torch.backends.cudnn.benchmark = enabled
     try:
         yield
     finally:
         torch.backends.cudnn.benchmark = before
 
 
-def compile_model(model: nn.Module, device: torch.device, **options: Any) -> nn.Module:
-    """``torch.compile(model)``: the returned module runs the compiled forward; ``model`` itself (its state dict,
-    what is saved) is unchanged. On a CPU, Inductor needs a C++ compiler: without one this is a ValueError."""
+def compile_model(model: nn.Module, device: torch.device, mode: str | bool = "default", **options: Any) -> nn.Module:
+    """``torch.compile`` for the forward pass; the weights, the state dict (what is saved) and the EMA are unchanged.
+
+    Regional compilation where the model has compile regions (modules with ``compile_region = True``: blocks
+    repeated many times with the same code, such as GroupMixFormer's GMA blocks): each is compiled in place and the
+    model comes back as it was, so a GroupMixFormer compiles one graph per block shape (four) instead of the whole
+    network, and the stem, neck and head run eagerly. Otherwise the whole model (a wrapper that runs the compiled
+    forward). ``mode``: one of :data:`~gmyolo.engine.options.COMPILE_MODES` (``reduce-overhead`` replays each
+    compiled region from a CUDA graph). On a CPU, Inductor needs a C++ compiler: without one this is a ValueError.
+    """
+    mode = compile_mode(mode)
+    if mode == "off":
+        return model
     if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
         raise ValueError("--compile on a CPU needs a C++ compiler (none found); drop --compile")
-    LOGGER.info("torch.compile: %s (compiles during the first batches)", type(model).__name__)
     # Shapes specialised (dynamic=False) unless asked: training batches have one size, and GroupMixFormer's
     # stages call the same code at four sizes, which would otherwise turn symbolic (slower kernels, and an
     # Inductor failure seen with torch 2.14 on its strided attention maps).
     options.setdefault("dynamic", False)
+    if mode != "default":
+        options["mode"] = mode
+    regions = [m for m in model.modules() if getattr(m, "compile_region", False)]
+    if regions:
+        name = type(regions[0]).__name__
+        LOGGER.info("torch.compile (%s): %d %s regions, one graph per block shape", mode, len(regions), name)
+        for region in regions:
+            region.compile(**options)
+        return model
+    LOGGER.info("torch.compile (%s): %s (compiles during the first batches)", mode, type(model).__name__)
     return torch.compile(model, **options)
 
 
-def compile_backend(backend: Any, enabled: bool) -> Any:
+def compile_backend(backend: Any, mode: str | bool) -> Any:
     """``--compile`` for val and predict: the backend's PyTorch model compiled, shapes specialised as in training
     (each new rectangular batch shape compiles once, up to Dynamo's recompile limit, then runs eager: symbolic shapes
     failed in Inductor on GroupMixFormer's strided attention maps with torch 2.14); exported backends (ONNX,
     TorchScript) run as they are."""
-    if not enabled:
+    if compile_mode(mode) == "off":
         return backend
     model = getattr(backend, "model", None)
     if not isinstance(model, nn.Module):
         LOGGER.info("--compile: a %s model runs as exported (only checkpoints are compiled)", backend.kind)
         return backend
-    if hasattr(model, "_orig_mod"):  # already compiled (a backend the Python API keeps between calls)
-        return backend
-    backend.model = compile_model(model, backend.device)
+    if hasattr(model, "_orig_mod") or any(getattr(m, "_compiled_call_impl", None) for m in model.modules()):
+        return backend  # already compiled (a backend the Python API keeps between calls)
+    backend.model = compile_model(model, backend.device, mode)
     return backend

@@ -64,6 +64,7 @@ from .distributed import (
 )
 from .faults import GracefulInterrupt, out_of_memory_hint, tidy_interrupted_run
 from .loggers import tensorboard_logger
+from .options import compile_mode
 from .plots import plot_results
 from .precision import Precision, compile_model, cudnn_benchmark, resolve_precision, to_float32
 from .runs import find_last_checkpoint, increment_path, write_csv_row
@@ -241,8 +242,9 @@ class Trainer:
         self.weights_dir = self.save_dir / "weights"
         self.weights_dir.mkdir(parents=True, exist_ok=True)
         self.train_model = wrap_model(self.model, self.device, getattr(args, "sync_bn", False))
-        if getattr(args, "compile", False):  # the forward only: the loss, EMA and checkpoints use self.model
-            self.train_model = compile_model(self.train_model, self.device)
+        # The forward only: the loss, EMA and checkpoints use self.model (regional compilation compiles its blocks in
+        # place, which leaves its state dict and the EMA's copy as they are).
+        self.train_model = compile_model(self.train_model, self.device, getattr(args, "compile", "off"))
         if ckpt is None and is_main_process():
             atomic_write(self.save_dir / "args.yaml", yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
             self.on_train_start()
@@ -300,7 +302,7 @@ class Trainer:
             "speed: %s%s, torch.compile %s, %d loader worker(s)%s%s",
             self.precision.name,
             " autocast" + (" + GradScaler" if self.precision.scaled else "") if self.precision.enabled else "",
-            "on" if getattr(self.args, "compile", False) else "off",
+            compile_mode(getattr(self.args, "compile", "off")),
             workers,
             " (persistent)" if workers and loader.persistent_workers else "",
             ", pinned memory" if loader.pin_memory else "",
@@ -329,7 +331,8 @@ class Trainer:
                     break
                 continue
 
-            ev = self.validate()
+            with cudnn_benchmark(False):  # validation's rectangular batches: shapes that come once an epoch
+                ev = self.validate()
             seconds = time.time() - t_epoch
             self.epoch_seconds.append(seconds)
             row = self.epoch_row(epoch, mean_loss, ev, lrs, seconds)

@@ -1,12 +1,18 @@
 """``gmyolo bench``: how fast a model runs on this machine, and where the training time goes.
 
-Parameters and MACs; inference latency at batch 1 and throughput at a larger batch in every mode
+Parameters and MACs; the kernel-launching ops of a training forward + backward (what a small GPU step costs:
+:mod:`gmyolo.tools.opcount`); inference latency at batch 1 and throughput at a larger batch in every mode
 (eager, fused, channels-last, torch.compile, on CUDA a captured CUDA graph, ONNX Runtime, and for
 GroupMixFormer the literal spec-order implementation as a reference); a training step (forward, loss,
-backward, optimizer; with ``--amp`` and ``--compile`` as ``gmyolo train`` applies them, and the peak GPU
-memory); predict end to end on one image (decode, letterbox, model, NMS); the training data pipeline with
-the loader workers ``gmyolo train`` would use, and the verdict: compute-bound or data-bound (the loader
-slower than the training step), with the rate of training steps fed by that loader.
+backward, optimizer; with ``--amp`` and ``--compile`` as ``gmyolo train`` applies them, the first step's time
+apart, and the peak GPU memory); predict end to end on one image (decode, letterbox, model, NMS); the training
+data pipeline with the loader workers ``gmyolo train`` would use, and the verdict: compute-bound or data-bound
+(the loader slower than the training step), with the rate of training steps fed by that loader. Each section
+is logged as it finishes.
+
+The defaults fit a minute per model on a GPU at 640 px, batch 64: on CUDA the inference modes are eager,
+fused, channels-last and a CUDA graph (torch.compile, ONNX Runtime and the literal reference when asked for
+with ``--modes``), and the data pipeline is timed in one round of each kind.
 
 Every measurement: warm-up runs, then ``repeats`` timed runs. The modes are interleaved run by run,
 so that a shared machine's load drifts over all of them alike, and the ratios between modes are
@@ -40,7 +46,7 @@ from ..data.dataset import build_dataloader, create_dataset, default_workers
 from ..data.opencv import cv2
 from ..data.synth import make_synthetic_dataset
 from ..engine.device import select_device
-from ..engine.precision import Precision, compile_model, resolve_precision, to_float32
+from ..engine.precision import Precision, compile_model, cudnn_benchmark, resolve_precision, to_float32
 from ..models.groupmixformer import GroupMixFormer, groupmixformer, is_variant_name, variant_name
 from ..models.groupmixformer.literal import literal_forward_features
 from ..models.summary import count_macs, count_parameters
@@ -48,6 +54,7 @@ from ..models.yolo import DetectionModel
 from ..tasks.detect.hyp import resolve_hyp
 from ..tasks.detect.loss import loss_gains, make_loss
 from ..tasks.detect.train import build_optimizer
+from .opcount import training_ops
 from .options import MODES, BenchArgs
 
 __all__ = [
@@ -190,6 +197,21 @@ def with_precision(fn: Callable[[torch.Tensor], Any], precision: Precision) -> C
     return run
 
 
+NOT_BY_DEFAULT = {
+    "compile": "not run by default (it compiles for minutes); ask with --modes ... compile",
+    "onnx": "not run by default on a GPU (export and session start take tens of seconds); ask with --modes ... onnx",
+    "literal": "not run by default on a GPU (a slow reference); ask with --modes ... literal",
+}
+
+
+def default_modes(device: torch.device) -> list[str]:
+    """The inference modes timed without ``--modes``: on CUDA eager, fused, channels-last and a CUDA graph; on a CPU
+    also ONNX Runtime and the literal reference. torch.compile only when asked for."""
+    if device.type == "cuda":
+        return ["eager", "fused", "channels-last", "cuda-graph"]
+    return [m for m in MODES if m not in ("compile", "cuda-graph")]
+
+
 def inference_modes(
     model: nn.Module, args: BenchArgs, device: torch.device, workdir: Path, precision: Precision | None = None
 ) -> tuple[dict[str, Callable[[torch.Tensor], Any]], dict[str, str]]:
@@ -199,13 +221,13 @@ def inference_modes(
     Runtime runs the exported fp32 graph.
     """
     precision = precision or Precision(device.type)
-    default = [m for m in MODES if m not in ("compile", "cuda-graph") or device.type == "cuda"]
-    wanted = args.modes or default
+    wanted = args.modes or default_modes(device)
     runs: dict[str, Callable[[torch.Tensor], Any]] = {}
     skipped: dict[str, str] = {}
-    if args.modes is None and device.type != "cuda":
-        skipped["compile"] = "not run on a CPU by default (it compiles for minutes); ask with --modes ... compile"
-        skipped["cuda-graph"] = "CUDA only"
+    if args.modes is None:
+        skipped.update({m: why for m, why in NOT_BY_DEFAULT.items() if m not in wanted})
+        if device.type != "cuda":
+            skipped["cuda-graph"] = "CUDA only"
     eager = model.to(device).eval()
     fused = copy.deepcopy(eager).fuse()
     for mode in wanted:
@@ -345,7 +367,7 @@ def train_step_fn(
     for m in model.modules():
         if isinstance(m, GroupMixFormer):
             m.set_grad_checkpointing(args.grad_checkpointing)
-    forward = compile_model(model, device) if args.compile else model
+    forward = compile_model(model, device, args.compile)
     scaler = precision.scaler()
     g = torch.Generator().manual_seed(1)
     if isinstance(model, DetectionModel):
@@ -396,17 +418,23 @@ def bench_train_step(
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    times = time_interleaved({"train": lambda: step(x, targets)}, args.repeats, args.warmup, device)["train"]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with cudnn_benchmark(device.type == "cuda"):  # as `gmyolo train` runs its steps
+        t0 = time.perf_counter()
+        step(x, targets)  # the first step: cuDNN's autotuning, lazy initialisation, compilation with --compile
+        sync()
+        first = time.perf_counter() - t0
+        times = time_interleaved({"train": lambda: step(x, targets)}, args.repeats, args.warmup, device)["train"]
     optimizer.zero_grad(set_to_none=True)
-    result = {"batch": args.batch, "imgsz": [h, w], **summarize(times, args.batch)}
+    result = {"batch": args.batch, "imgsz": [h, w], **summarize(times, args.batch), "first_step_s": first}
     result["optimizer"] = type(optimizer).__name__
     result["precision"] = precision.name + (" + GradScaler" if precision.scaled else "")
-    result["compile"] = bool(args.compile)
+    result["compile"] = args.compile
     gmf = any(isinstance(m, GroupMixFormer) for m in trained.modules())
     result["grad_checkpointing"] = bool(args.grad_checkpointing and gmf)
     if device.type == "cuda":  # the peak of the timed steps, before the activation count below
         result["cuda_max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    if not args.compile:  # saved-tensor hooks are eager-mode machinery
+    if args.compile == "off":  # saved-tensor hooks are eager-mode machinery
         result["saved_activations_mb"] = saved_activation_bytes(lambda: step.loss_fn(x, targets)) / 2**20
     optimizer.zero_grad(set_to_none=True)
     return result
@@ -562,11 +590,12 @@ def bench_data(
 ) -> dict[str, Any]:
     """The training data pipeline at the model's size and ``--batch`` with ``--workers`` (default: what
     ``gmyolo train`` picks): in this process, through the loader, and (with the training step) training
-    fed by that loader; the balance between them."""
+    fed by that loader; the balance between them. One round of each: a rate, not its spread (a loader's start
+    and a batch of mosaics at 640 px take seconds each; ``benchmarks/data_pipeline.py`` measures the spread)."""
     h, _ = image_size(args, model)
-    yaml_file = make_synthetic_dataset(workdir / "synth", seed=0, n_train=64, n_val=4, imgsz=h)
+    yaml_file = make_synthetic_dataset(workdir / "synth", seed=0, n_train=32, n_val=4, imgsz=h)
     workers = default_workers(args.batch) if args.workers is None else args.workers
-    result = data_pipeline_rates(yaml_file, h, args.batch, [workers], samples=args.batch * 2, repeats=args.repeats)
+    result = data_pipeline_rates(yaml_file, h, args.batch, [workers], samples=args.batch, repeats=1)
     result["workers"] = workers
     result["workers_default"] = args.workers is None
     result["images"] = f"synthetic PNGs of about {h} px, mosaic on"
@@ -585,7 +614,7 @@ def bench_data(
             Repeated(ds, -(-(max(workers, 1) * args.batch * 2) // len(ds))),
             args.batch,
             workers,
-            rounds=max(1, -(-args.repeats // max(workers, 1))),
+            rounds=1,
             pin_memory=device.type == "cuda",
             consume=train_on,
         )
@@ -667,39 +696,41 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         "macs": count_macs(model, (h, w)),
         "precision": precision.name,
     }
+    LOGGER.info("bench %s: %s", args.model, model_line(report, (h, w)))
+    if args.train:
+        report["ops"] = training_ops(model, (h, w), device, precision)
+        LOGGER.info("bench %s: %s", args.model, ops_line(report["ops"]))
     with tempfile.TemporaryDirectory(prefix="gmyolo-bench-") as tmp:
         workdir = Path(tmp)
-        LOGGER.info(
-            "bench %s: inference (%d threads, %s, %s)", args.model, torch.get_num_threads(), device, precision.name
-        )
         report["inference"] = bench_inference(model, args, device, workdir, precision)
+        LOGGER.info("bench %s: inference (%d threads, %s, %s)\n%s", args.model, torch.get_num_threads(), device,
+                    precision.name, "\n".join(inference_lines(report["inference"])))  # fmt: skip
         if args.train:
-            LOGGER.info("bench %s: training step", args.model)
             report["train"] = bench_train_step(model, args, device, precision)
+            LOGGER.info("bench %s: %s", args.model, train_line(report["train"]))
         if args.predict and isinstance(model, DetectionModel):
-            LOGGER.info("bench %s: predict end to end", args.model)
             report["predict"] = bench_predict(model, args, device, workdir)
+            LOGGER.info("bench %s: %s", args.model, predict_line(report["predict"]))
         if args.data and isinstance(model, DetectionModel):
-            LOGGER.info("bench %s: data pipeline", args.model)
             train_rate = report["train"]["images_per_s"] if "train" in report else None
             report["data"] = bench_data(model, args, device, workdir, precision, train_rate)
+            LOGGER.info("bench %s: %s", args.model, " ".join(data_lines(report["data"])))
     return report
 
 
-def format_report(r: dict[str, Any]) -> str:
-    """The benchmark as tables for people."""
-    env = r["environment"]
-    inf = r["inference"]
+def model_line(r: dict[str, Any], size: tuple[int, int]) -> str:
+    return f"{r['model']} ({r['kind']}): {r['params']:,} parameters, {r['macs'] / 1e9:.2f} GMACs at {size[0]}x{size[1]}"
+
+
+def ops_line(ops: dict[str, Any]) -> str:
+    top = ", ".join(f"{k} {v}" for k, v in ops["top"].items())
+    return f"ops per training step: {ops['ops']:,} kernel-launching ops ({ops['counted']}; {top})"
+
+
+def inference_lines(inf: dict[str, Any]) -> list[str]:
     lines = [
-        f"{r['model']} ({r['kind']}): {r['params']:,} parameters, {r['macs'] / 1e9:.2f} GMACs at "
-        f"{inf['imgsz'][0]}x{inf['imgsz'][1]}",
-        f"{env['device']} {env['device_name']}, {env['threads']} thread(s), {inf.get('precision', 'fp32')}, "
-        f"torch {env['torch']}, "
-        f"onnxruntime {env['onnxruntime']}; medians of {r['repeats']} runs after {r['warmup']} warm-up, "
-        "modes interleaved",
-        "",
         f"{'mode':<14}{'batch':>6}{'median ms':>11}{'min..max ms':>19}{'img/s':>9}{'vs eager':>10}{'vs literal':>11}"
-        f"{'max|diff|':>11}",
+        f"{'max|diff|':>11}"
     ]
     for row in inf["rows"]:
         spread = f"{row['min_ms']:.1f}..{row['max_ms']:.1f}"
@@ -712,36 +743,63 @@ def format_report(r: dict[str, Any]) -> str:
         )
     for mode, why in inf["skipped"].items():
         lines.append(f"{mode:<14}skipped: {why}")
+    return lines
+
+
+def train_line(t: dict[str, Any]) -> str:
+    kept = t.get("saved_activations_mb")
+    line = (
+        f"training step (forward, loss, backward, {t['optimizer']} step; {t['precision']}"
+        + (f", compiled ({t['compile']})" if t["compile"] != "off" else "")
+        + f"), batch {t['batch']} at {t['imgsz'][0]}x{t['imgsz'][1]}: median {t['median_ms']:.0f} ms "
+        f"({t['min_ms']:.0f}..{t['max_ms']:.0f}), {t['images_per_s']:.2f} images/s; "
+        f"first step {t['first_step_s']:.1f} s"
+        + (f"; {kept:.0f} MB of activations kept for backward" if kept is not None else "")
+        + (" (grad checkpointing)" if t["grad_checkpointing"] else "")
+    )
+    if "cuda_max_memory_mb" in t:
+        line += f"; peak GPU memory {t['cuda_max_memory_mb']:.0f} MB"
+    return line
+
+
+def predict_line(p: dict[str, Any]) -> str:
+    return (
+        f"predict end to end on a {p['image']} (fused model): {p['total_ms']:.1f} ms = decode {p['decode_ms']:.1f}"
+        f" + letterbox {p['preprocess_ms']:.1f} + model {p['inference_ms']:.1f} + NMS {p['nms_ms']:.1f} ms "
+        f"(model {100 * p['model_share']:.0f}%)"
+    )
+
+
+def data_lines(d: dict[str, Any]) -> list[str]:
+    rates = [f"one process {v['median']:.1f}" for v in d["one_process"].values()]
+    rates += [
+        f"DataLoader with {w} worker(s){' (the default)' if d.get('workers_default') else ''} {v['median']:.1f}"
+        for w, v in d["loader"].items()
+    ]
+    lines = [f"training data pipeline at {d['imgsz']} px (mosaic on), images/s: " + ", ".join(rates)]
+    if "balance" in d:
+        lines.append(d["balance"]["text"])
+    return lines
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The benchmark as tables for people (the lines each section logged as it finished, together)."""
+    env = r["environment"]
+    inf = r["inference"]
+    lines = [
+        model_line(r, tuple(inf["imgsz"])),
+        f"{env['device']} {env['device_name']}, {env['threads']} thread(s), {inf.get('precision', 'fp32')}, "
+        f"torch {env['torch']}, "
+        f"onnxruntime {env['onnxruntime']}; medians of {r['repeats']} runs after {r['warmup']} warm-up, "
+        "modes interleaved",
+    ]
+    if "ops" in r:
+        lines.append(ops_line(r["ops"]))
+    lines += ["", *inference_lines(inf)]
     if "train" in r:
-        t = r["train"]
-        kept = t.get("saved_activations_mb")
-        lines += [
-            "",
-            f"training step (forward, loss, backward, {t['optimizer']} step; {t['precision']}"
-            + (", compiled" if t["compile"] else "")
-            + f"), batch {t['batch']} at {t['imgsz'][0]}x{t['imgsz'][1]}: median {t['median_ms']:.0f} ms "
-            f"({t['min_ms']:.0f}..{t['max_ms']:.0f}), {t['images_per_s']:.2f} images/s"
-            + (f"; {kept:.0f} MB of activations kept for backward" if kept is not None else "")
-            + (" (grad checkpointing)" if t["grad_checkpointing"] else ""),
-        ]
-        if "cuda_max_memory_mb" in t:
-            lines[-1] += f"; peak GPU memory {t['cuda_max_memory_mb']:.0f} MB"
+        lines += ["", train_line(r["train"])]
     if "predict" in r:
-        p = r["predict"]
-        lines += [
-            "",
-            f"predict end to end on a {p['image']} (fused model): {p['total_ms']:.1f} ms = decode {p['decode_ms']:.1f}"
-            f" + letterbox {p['preprocess_ms']:.1f} + model {p['inference_ms']:.1f} + NMS {p['nms_ms']:.1f} ms "
-            f"(model {100 * p['model_share']:.0f}%)",
-        ]
+        lines += ["", predict_line(r["predict"])]
     if "data" in r:
-        d = r["data"]
-        rates = [f"one process {v['median']:.1f}" for v in d["one_process"].values()]
-        rates += [
-            f"DataLoader with {w} worker(s){' (the default)' if d.get('workers_default') else ''} {v['median']:.1f}"
-            for w, v in d["loader"].items()
-        ]
-        lines += ["", f"training data pipeline at {d['imgsz']} px (mosaic on), images/s: " + ", ".join(rates)]
-        if "balance" in d:
-            lines.append(d["balance"]["text"])
+        lines += ["", *data_lines(r["data"])]
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..engine.options import amp_mode, check_workers
+from ..engine.options import amp_mode, check_workers, compile_mode
 
 __all__ = ["BenchArgs", "MODES"]
 
@@ -25,7 +25,7 @@ class BenchArgs:
     warmup: int = 2
     modes: list[str] | None = None  # default: all that apply; compile only on CUDA (minutes to compile on a CPU)
     amp: str = "auto"  # precision of the training step and the inference modes on a GPU (as `gmyolo train --amp`)
-    compile: bool = False  # torch.compile the model in the training step (as `gmyolo train --compile`)
+    compile: str = "off"  # torch.compile the model in the training step, as `gmyolo train --compile [MODE]`
     train: bool = True
     predict: bool = True
     data: bool = True
@@ -45,6 +45,7 @@ class BenchArgs:
             raise ValueError("--warmup must not be negative")
         check_workers(self.workers)
         self.amp = amp_mode(self.amp)
+        self.compile = compile_mode(self.compile)
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be a positive integer, got {self.threads}")
         unknown = sorted(set(self.modes or []) - set(MODES))

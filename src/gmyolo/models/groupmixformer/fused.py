@@ -32,10 +32,11 @@ class FusedGMABlock(nn.Module):
       one), a matrix product over B·N·3 rows; the depthwise kernels are repeated for q, k, v once.
     - the CRPE kernels are grouped per segment once, not at every call.
 
-    On small inputs (batch × tokens × channels at most ``MERGE_SIZE``) a call costs more than its
-    arithmetic, so the same work runs in fewer, larger ops: one qkv product, one depthwise conv for every
-    segment (kernels zero-padded to the largest, S0 an identity kernel), one CRPE conv. Larger inputs use
-    the exact kernel sizes, which do less arithmetic. Pooling aggregators always take the per-segment path.
+    On small inputs (batch × tokens × channels at most ``MERGE_SIZE``) and on GPUs, where a call costs more
+    than its arithmetic, the same work runs in fewer, larger ops: one qkv product, one depthwise conv for every
+    segment (kernels zero-padded to the largest, S0 an identity kernel), one CRPE conv. Larger inputs on the
+    CPU use the exact kernel sizes, which do less arithmetic. Pooling aggregators always take the per-segment
+    path.
     On CPU, the output projection and the MLP run ``TAIL_ROWS`` tokens at a time (see :meth:`residual_tail`).
     """
 
@@ -59,7 +60,8 @@ class FusedGMABlock(nn.Module):
         b = att.qkv.bias.clone() if att.qkv.bias is not None else torch.zeros_like(w[:, 0])
         w = w.view(3, NUM_SEGMENTS, s, C).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s, C)
         b = b.view(3, NUM_SEGMENTS, s).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s)
-        scale, shift = bn_scale_shift(agg.norm0)
+        scales, shifts = (t.split(s) for t in bn_scale_shift(agg.norm))  # S0..S3's BatchNorm as scale, shift
+        scale, shift = scales[0], shifts[0]
         w[0] *= scale.repeat(3)[:, None]
         b[0] = b[0] * scale.repeat(3) + shift.repeat(3)
         self.register_buffer("qkv_weight", w.contiguous())
@@ -68,8 +70,7 @@ class FusedGMABlock(nn.Module):
         # S1..S3: the spatial step over q, k, v at once, then the pointwise step with the BatchNorm folded in.
         self.spatial = nn.ModuleList()
         pw_w, pw_b = [], []
-        for agg_j, norm, _ in agg.branches():
-            scale, shift = bn_scale_shift(norm)
+        for agg_j, scale, shift in zip(agg.aggregators(), scales[1:], shifts[1:]):
             if isinstance(agg_j, SeparableConv2d):
                 self.spatial.append(depthwise_conv(agg_j.conv1.weight.repeat(3, 1, 1, 1)))
                 pw_w.append(agg_j.pointwise_conv.weight.flatten(1) * scale[:, None])
@@ -84,14 +85,12 @@ class FusedGMABlock(nn.Module):
         self.crpe_convs = nn.ModuleList(depthwise_conv(w, b) for w, b in kernels)
 
         # The merged form for small maps (conv aggregators only).
-        self.merged = isinstance(agg.agg1, SeparableConv2d)
+        self.merged = agg.convolutional
         if self.merged:
-            k = max(agg_j.conv1.kernel_size[0] for agg_j, _, _ in agg.branches())
+            k = max(agg_j.conv1.kernel_size[0] for agg_j in agg.aggregators())
             identity = torch.zeros_like(pad_kernel(agg.agg1.conv1.weight.repeat(3, 1, 1, 1), k))
             identity[:, 0, k // 2, k // 2] = 1
-            merged = [identity] + [
-                pad_kernel(agg_j.conv1.weight.repeat(3, 1, 1, 1), k) for agg_j, _, _ in agg.branches()
-            ]
+            merged = [identity] + [pad_kernel(agg_j.conv1.weight.repeat(3, 1, 1, 1), k) for agg_j in agg.aggregators()]
             self.merged_dw = depthwise_conv(torch.cat([*merged, pad_kernel(agg.agg0.conv.conv1.weight, k)]))
             # Pointwise weights shared by q, k, v as one block-diagonal matrix over the segment's 3s channels.
             self.register_buffer("pw_blocks", torch.stack([torch.block_diag(w, w, w) for w in pw_w]))
@@ -113,7 +112,7 @@ class FusedGMABlock(nn.Module):
         C, s = self.dim, self.seg_dim
         # Traced or exported graphs take the per-segment form for every size (runtimes there have no per-call cost).
         exporting = torch.jit.is_tracing() or torch.compiler.is_exporting()
-        merged = self.merged and not exporting and B * N * C <= self.MERGE_SIZE
+        merged = self.merged and not exporting and (x.device.type != "cpu" or B * N * C <= self.MERGE_SIZE)
         x = to_tokens(self.cpe(to_image(x, size)))
         h = self.norm1(x)
         qkv, local = self.aggregate_merged(h, size) if merged else self.aggregate(h, size)

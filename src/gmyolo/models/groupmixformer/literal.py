@@ -1,13 +1,15 @@
-"""GroupMixFormer computed literally in the spec's operation order — a reference for benchmarks only.
+"""GroupMixFormer computed literally in the spec's operation order — a reference for tests and benchmarks only.
 
 ``GROUPMIXFORMER_SPEC.md`` step by step, the way the authors' code runs it: maps in NCHW, q, k and
 v stacked on the batch axis, a split and a cat per segment, a BatchNorm after every small
 convolution, tokens and images converted back and forth. It reads the weights of a
-:class:`~gmyolo.models.groupmixformer.GroupMixFormer` (unfused) and runs in eval mode.
+:class:`~gmyolo.models.groupmixformer.GroupMixFormer` (unfused) and is a pure function of them: in
+eval mode BatchNorm uses the running statistics, in train mode the batch's (running statistics are
+left alone); drop-path and dropout are not applied. Gradients flow through it.
 
-``gmyolo bench`` times it next to the model's own paths, so that the speed-up of the optimised
-implementation is measured in one run on one machine; tests check it gives the same outputs.
-Nothing else should use it.
+Tests hold both of the model's block forms to it (outputs and parameter gradients); ``gmyolo bench``
+times it next to the model's own paths, so that the speed-up of the optimised implementation is
+measured in one run on one machine. Nothing else should use it.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ def conv(x: torch.Tensor, m: nn.Conv2d) -> torch.Tensor:
     return F.conv2d(x, m.weight, m.bias, m.stride, m.padding, m.dilation, m.groups)
 
 
-def bn(x: torch.Tensor, m: nn.BatchNorm2d) -> torch.Tensor:
-    return F.batch_norm(x, m.running_mean, m.running_var, m.weight, m.bias, False, 0.0, m.eps)
+def bn(x: torch.Tensor, m: nn.BatchNorm2d, part: slice = slice(None)) -> torch.Tensor:
+    """BatchNorm ``m`` (or the channels ``part`` of it) on x: running statistics in eval mode, the batch's in
+    train mode (without updating the running ones)."""
+    if m.training:
+        return F.batch_norm(x, None, None, m.weight[part], m.bias[part], True, 0.0, m.eps)
+    return F.batch_norm(x, m.running_mean[part], m.running_var[part], m.weight[part], m.bias[part], False, 0.0, m.eps)
 
 
 def separable(x: torch.Tensor, m: nn.Module) -> torch.Tensor:
@@ -52,10 +58,11 @@ def aggregate(qkv: torch.Tensor, agg: nn.Module, size: tuple[int, int], num_head
     local = x4.reshape(3, B, s, H, W).permute(1, 0, 2, 3, 4).reshape(B, 3 * s, H, W)
     local = separable(local, agg.agg0.conv).reshape(B, s, N).permute(0, 2, 1)
     local = F.hardswish(F.layer_norm(local, (s,), agg.agg0.norm.weight, agg.agg0.norm.bias, agg.agg0.norm.eps))
-    x0 = F.hardswish(bn(x0, agg.norm0))
-    x1 = F.hardswish(bn(separable(x1, agg.agg1), agg.norm1))
-    x2 = F.hardswish(bn(separable(x2, agg.agg2), agg.norm2))
-    x3 = F.hardswish(bn(separable(x3, agg.agg3), agg.norm3))
+    norm = [slice(j * s, (j + 1) * s) for j in range(4)]  # the authors' norm0..norm3: segments of the joint norm
+    x0 = F.hardswish(bn(x0, agg.norm, norm[0]))
+    x1 = F.hardswish(bn(separable(x1, agg.agg1), agg.norm, norm[1]))
+    x2 = F.hardswish(bn(separable(x2, agg.agg2), agg.norm, norm[2]))
+    x3 = F.hardswish(bn(separable(x3, agg.agg3), agg.norm, norm[3]))
     x = torch.cat([x0, x1, x2, x3], dim=1)
     q, k, v = x.reshape(3, B, num_heads, 4 * s // num_heads, N).permute(0, 1, 2, 4, 3)
     return q, k, v, local
@@ -82,7 +89,7 @@ def attention(x: torch.Tensor, att: nn.Module, size: tuple[int, int]) -> torch.T
 
 
 def block(x: torch.Tensor, blk: nn.Module, size: tuple[int, int]) -> torch.Tensor:
-    """Spec 'One GMA block' (eval mode: no drop-path)."""
+    """Spec 'One GMA block' (without drop-path)."""
     B, N, C = x.shape
     img = x.transpose(1, 2).reshape(B, C, *size)
     x = (conv(img, blk.cpe.proj) + img).flatten(2).transpose(1, 2)
@@ -92,11 +99,8 @@ def block(x: torch.Tensor, blk: nn.Module, size: tuple[int, int]) -> torch.Tenso
     return x + h
 
 
-@torch.no_grad()
 def literal_forward_features(model: GroupMixFormer, x: torch.Tensor) -> list[torch.Tensor]:
-    """The stage maps of ``model`` for x (B×3×H×W), computed in the spec's order; eval mode, unfused model."""
-    if model.training:
-        raise ValueError("literal_forward_features runs in eval mode only: call model.eval() first")
+    """The stage maps of ``model`` for x (B×3×H×W), computed in the spec's order; an unfused model."""
     if model.config["aggregator"] != "conv":
         raise ValueError("literal_forward_features follows the spec's conv aggregator; this model pools")
     if not isinstance(model.conv_stem.norm1, nn.BatchNorm2d):

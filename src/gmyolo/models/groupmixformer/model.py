@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.utils.checkpoint import checkpoint
-from torchvision.ops import StochasticDepth
 
 from ...errors import CheckpointError
+from .packing import ONE, ZERO, WeightPack
 
 __all__ = [
     "GroupMixFormer",
@@ -72,11 +72,6 @@ def to_image(tokens: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def to_tokens(image: torch.Tensor) -> torch.Tensor:
     """B×C×H×W image -> B×N×C tokens: a view of a channels-last image (convolutions keep that layout)."""
     return image.permute(0, 2, 3, 1).flatten(1, 2)
-
-
-def norm_rows(norm: nn.Module, rows: torch.Tensor) -> torch.Tensor:
-    """A BatchNorm2d over M×s rows (statistics over all M, as over batch and pixels of a map)."""
-    return norm(rows.reshape(rows.shape[0], -1, 1, 1)).view(rows.shape)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,41 +223,61 @@ class NonAttentionBranch(nn.Module):
 
 
 class Aggregator(nn.Module):
-    """Group aggregation of q, k and v.
+    """Group aggregation's layers, under the authors' names; the same layers serve q, k and v.
 
     Segment S0 is the identity branch (BatchNorm, Hardswish); S1..S3 go through aggregators with
     kernels 3, 5, 7 (then BatchNorm, Hardswish); S4 of q, k and v together form the non-attention
-    branch (`agg0` in the authors' names). The same layers serve q, k and v.
+    branch (`agg0` in the authors' names).
 
-    The input comes one segment at a time, q's, k's and v's copies side by side on the channels
-    (B×N×3s), so that each aggregator runs once over a contiguous map: a depthwise conv with its
-    kernel repeated for q, k and v, then the pointwise conv as one matrix product over B·N·3 rows.
-    BatchNorm statistics over those rows are those over the 3B images of the spec.
+    The BatchNorms of S0..S3 are one BatchNorm over their 4s channels (``norm``): statistics are per
+    channel, so it is the authors' four (``norm0``..``norm3``) in one kernel. State dicts hold the
+    authors' four entries, in their order (:func:`split_segment_norms`, :func:`join_segment_norms`).
+
+    ``forward`` is the segment form (see :class:`GMABlock`): the input comes one segment at a time, q's,
+    k's and v's copies side by side on the channels (B×N×3s), so that each aggregator runs once over a
+    contiguous map: a depthwise conv with its kernel repeated for q, k and v, then the pointwise conv as
+    one matrix product over B·N·3 rows. BatchNorm statistics over those rows are those over the 3B
+    images of the spec.
     """
 
     def __init__(self, dim: int, aggregator: str = "conv"):
         super().__init__()
-        self.seg_dim = dim // NUM_SEGMENTS
-        s = self.seg_dim
-        self.norm0 = nn.BatchNorm2d(s)
-        self.act0 = nn.Hardswish()
+        self.seg_dim = s = dim // NUM_SEGMENTS
+        self.norm = nn.BatchNorm2d(4 * s)
+        self.act = nn.Hardswish()
         self.agg1 = make_aggregator(aggregator, s, 3)
-        self.norm1 = nn.BatchNorm2d(s)
-        self.act1 = nn.Hardswish()
         self.agg2 = make_aggregator(aggregator, s, 5)
-        self.norm2 = nn.BatchNorm2d(s)
-        self.act2 = nn.Hardswish()
         self.agg3 = make_aggregator(aggregator, s, 7)
-        self.norm3 = nn.BatchNorm2d(s)
-        self.act3 = nn.Hardswish()
         self.agg0 = NonAttentionBranch(s)
+        self.register_state_dict_post_hook(split_segment_norms)
+        self.register_load_state_dict_pre_hook(join_segment_norms)
 
-    def branches(self) -> list[tuple[nn.Module, nn.Module, nn.Module]]:
-        """(aggregator, BatchNorm, activation) of S1, S2, S3."""
+    @property
+    def convolutional(self) -> bool:
+        """The authors' separable-conv aggregators (the pooling ablations have no kernels to pack)."""
+        return isinstance(self.agg1, SeparableConv2d)
+
+    def aggregators(self) -> list[nn.Module]:
+        """The spatial aggregators of S1, S2, S3."""
+        return [self.agg1, self.agg2, self.agg3]
+
+    def norm_segments(self, rows: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``norm`` on S0..S3 given apart, as M×s rows each: each segment with its channels' share of the weights
+        and running statistics (updated in place), as ``norm`` itself computes them."""
+        n, s = self.norm, self.seg_dim
+        if n.training and n.track_running_stats:
+            n.num_batches_tracked.add_(1)
+            factor = n.momentum if n.momentum is not None else 1.0 / float(n.num_batches_tracked)
+        else:
+            factor = 0.0
+        batch_stats = n.training or n.running_mean is None
+        if (not n.training or n.track_running_stats) and n.running_mean is not None:
+            stats = zip(n.running_mean.split(s), n.running_var.split(s))
+        else:
+            stats = [(None, None)] * 4
         return [
-            (self.agg1, self.norm1, self.act1),
-            (self.agg2, self.norm2, self.act2),
-            (self.agg3, self.norm3, self.act3),
+            F.batch_norm(x, mean, var, w, b, batch_stats, factor, n.eps)
+            for x, (mean, var), w, b in zip(rows, stats, n.weight.split(s), n.bias.split(s))
         ]
 
     def aggregate(self, agg: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -282,11 +297,40 @@ class Aggregator(nn.Module):
         """
         B, N, _ = segments[0].shape
         s = self.seg_dim
-        out = [self.act0(norm_rows(self.norm0, segments[0].reshape(-1, s)))]
-        for (agg, norm, act), x in zip(self.branches(), segments[1:4]):
-            out.append(act(norm_rows(norm, self.aggregate(agg, to_image(x, size)))))
+        rows = [segments[0].reshape(-1, s)]
+        rows += [self.aggregate(agg, to_image(x, size)) for agg, x in zip(self.aggregators(), segments[1:4])]
+        out = [self.act(r) for r in self.norm_segments(rows)]
         local = self.agg0(to_image(segments[4], size))
         return torch.stack(out).view(4, B, N, 3, s), local
+
+
+SEGMENT_ORDER = ("norm0", "agg1", "norm1", "agg2", "norm2", "agg3", "norm3", "agg0")  # the authors' key order
+
+
+def split_segment_norms(module: Aggregator, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """State-dict hook: the joint ``norm`` saved as the authors' ``norm0``..``norm3`` (views of it), in their order."""
+    mine = {k[len(prefix) :]: state_dict.pop(k) for k in [k for k in state_dict if k.startswith(prefix)]}
+    s = module.seg_dim
+    for part in SEGMENT_ORDER:
+        if part.startswith("norm"):
+            j = int(part[-1])
+            for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                value = mine.get(f"norm.{name}")
+                if value is not None:
+                    state_dict[f"{prefix}{part}.{name}"] = value if value.ndim == 0 else value[j * s : (j + 1) * s]
+        else:
+            for key, value in mine.items():
+                if key.startswith(part + "."):
+                    state_dict[prefix + key] = value
+
+
+def join_segment_norms(module: Aggregator, state_dict: dict, prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook: the authors' ``norm0``..``norm3`` entries joined into ``norm``'s."""
+    for name in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+        keys = [f"{prefix}norm{j}.{name}" for j in range(4)]
+        if all(k in state_dict for k in keys):
+            parts = [state_dict.pop(k) for k in keys]
+            state_dict[f"{prefix}norm.{name}"] = parts[0] if parts[0].ndim == 0 else torch.cat(parts)
 
 
 def pad_kernel(weight: torch.Tensor, k: int) -> torch.Tensor:
@@ -317,8 +361,11 @@ def block_diagonal_mask(num_blocks: int, block: int, value: float) -> torch.Tens
 class GroupMixAttention(nn.Module):
     """GMA over tokens B×N×C: group aggregation, factorised attention, CRPE, non-attention branch.
 
-    Heads never straddle segments (segment j of the a = 4s attention channels holds heads 2j and 2j+1),
-    so q, k and v stay in their segments' layout and attention runs on a 4·B·2 batch of heads.
+    Two forms compute it (see :class:`GMABlock`). ``forward_batched`` follows the spec's layout — q, k, v
+    of S0..S4 side by side on the channels — and runs every segment and head in single ops.
+    ``forward_segments`` runs one segment at a time: heads never straddle segments (segment j of the
+    a = 4s attention channels holds heads 2j and 2j+1), so q, k and v stay in their segments' layout and
+    attention runs on a 4·B·2 batch of heads.
     """
 
     def __init__(
@@ -338,7 +385,40 @@ class GroupMixAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         self.aggregator = Aggregator(dim, aggregator)
-        self.crpe = ConvRelPosEnc(head_dim=4 * (dim // NUM_SEGMENTS) // num_heads)
+        head_dim = 4 * (dim // NUM_SEGMENTS) // num_heads
+        self.crpe = ConvRelPosEnc(head_dim=head_dim)
+        # The batched form's context for all heads at once keeps each head's d×d block, scaled: a constant, not a
+        # buffer (state dicts, the EMA and DDP's buffer broadcast have no business with it); ``_apply`` moves it.
+        self.head_mask = block_diagonal_mask(num_heads, head_dim, self.scale)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.head_mask = fn(self.head_mask)
+        return self
+
+    def forward_batched(self, x: torch.Tensor, size: tuple[int, int], w: dict[str, torch.Tensor]) -> torch.Tensor:
+        """x: B×N×C -> B×N×C, with ``w`` the block's packed weights (:func:`batched_layout`)."""
+        B, N, C = x.shape
+        s = C // NUM_SEGMENTS
+        a = 4 * s
+        y = F.linear(x, w["qkv_weight"], w["qkv_bias"])  # B×N×3C: q, k and v, each S0..S4
+        # Group aggregation's spatial step for every segment of q, k and v in one depthwise conv: an identity kernel
+        # for S0, S1..S3's 3×3, 5×5 and 7×7 (zero-padded to 7×7), and the non-attention branch's 3×3 for S4.
+        y = to_tokens(F.conv2d(to_image(y, size), w["spatial"], None, 1, 3, 1, 3 * C))
+        attended, nonattended = y.view(B * N, 3, 5 * s).split([a, s], dim=-1)
+        # S1..S3's pointwise convs, shared by q, k and v: one a×a block-diagonal matrix (identity on S0).
+        qkv = torch.bmm(attended.transpose(0, 1), w["pointwise"].expand(3, a, a))  # 3×(B·N)×a
+        qkv = self.aggregator.act(self.aggregator.norm(qkv.view(3 * B * N, a, 1, 1)))
+        q, k, v = qkv.view(3, B, N, a).unbind(0)  # B×N×a each, head-major channels
+        branch = self.aggregator.agg0
+        local = branch.act(branch.norm(nonattended.reshape(B * N, 3 * s) @ w["local_pointwise"])).view(B, N, s)
+
+        # Factorised attention, every head at once: softmax_N(k)ᵀ·v is a×a, and the mask keeps each head's d×d.
+        context = self.attn_drop((k.softmax(dim=1).transpose(1, 2) @ v).mul_(self.head_mask))
+        crpe = to_tokens(F.conv2d(to_image(v, size), w["crpe_weight"], w["crpe_bias"], 1, 3, 1, a))
+        out = torch.baddbmm(q * crpe, q, context)  # q ⊙ CRPE(v) + scale · q·context
+        out = F.linear(torch.cat([out, local], dim=-1), w["proj_weight"], w["proj_bias"])
+        return self.proj_drop(out)
 
     def qkv_segments(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The qkv projection one segment at a time: S0..S4, each B×N×3s with q's, k's, v's copies side by side."""
@@ -350,7 +430,8 @@ class GroupMixAttention(nn.Module):
         b = self.qkv.bias.view(3, NUM_SEGMENTS, s).transpose(0, 1).reshape(NUM_SEGMENTS, 3 * s)
         return [F.linear(x, w[j], b[j]) for j in range(NUM_SEGMENTS)]
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def forward_segments(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """x: B×N×C -> B×N×C, one segment at a time."""
         B, N, C = x.shape
         qkv, local = self.aggregator(self.qkv_segments(x), size)  # 4×B×N×3×s, B×N×s
         q, k, v = qkv.unbind(3)  # 4×B×N×s each
@@ -367,6 +448,47 @@ class GroupMixAttention(nn.Module):
         return self.proj_drop(self.proj(out))
 
 
+def batched_layout(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Where each packed weight of the batched form comes from (positions; see :class:`WeightPack`).
+
+    ``spatial`` (3C×1×7×7) is group aggregation's depthwise kernel for q's S0..S4, then k's, then v's: an
+    identity kernel for S0, the aggregators' kernels zero-padded to 7×7 for S1..S3, and the non-attention
+    branch's own kernel (one per q, k, v) for S4. ``pointwise`` (a×a, a = 4s) is the transposed
+    block-diagonal of S0's identity and S1..S3's pointwise convs; ``crpe_weight`` the CRPE kernels of all
+    heads, zero-padded to 7×7.
+    """
+    s = p["agg1_pointwise"].shape[0]
+    C = NUM_SEGMENTS * s
+
+    def pad7(t: torch.Tensor) -> torch.Tensor:
+        return pad_kernel(t, 7)
+
+    identity = torch.zeros(s, 1, 7, 7, dtype=torch.long)
+    identity[:, 0, 3, 3] = ONE
+    shared = torch.cat([identity, pad7(p["agg1_spatial"]), pad7(p["agg2_spatial"]), p["agg3_spatial"]])
+    local = pad7(p["agg0_spatial"]).view(3, s, 1, 7, 7)  # the non-attention branch's kernels of q, k, v
+    spatial = torch.cat([torch.cat([shared, local[t]]) for t in range(3)])
+    eye = torch.eye(s, dtype=torch.long) * ONE
+    pointwise = torch.block_diag(eye, *(p[f"agg{j}_pointwise"].flatten(1) for j in (1, 2, 3))).t()
+    return dict(
+        cpe_weight=p["cpe_weight"],
+        cpe_bias=p["cpe_bias"],
+        qkv_weight=p["qkv_weight"],
+        qkv_bias=p.get("qkv_bias", torch.full((3 * C,), ZERO)),
+        spatial=spatial,
+        pointwise=pointwise,
+        local_pointwise=p["agg0_pointwise"].flatten(1).t(),
+        crpe_weight=torch.cat([pad7(p[f"crpe_weight{i}"]) for i in range(3)]),
+        crpe_bias=torch.cat([p[f"crpe_bias{i}"] for i in range(3)]),
+        proj_weight=p["proj_weight"],
+        proj_bias=p["proj_bias"],
+        fc1_weight=p["fc1_weight"],
+        fc1_bias=p["fc1_bias"],
+        fc2_weight=p["fc2_weight"],
+        fc2_bias=p["fc2_bias"],
+    )
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
@@ -379,8 +501,31 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+BLOCK_FORMS = ("auto", "batched", "segments")
+# The form new blocks take; GMYOLO_GMA_FORM=batched makes a CPU run (an op count, a test) compute as a GPU does.
+DEFAULT_BLOCK_FORM = os.environ.get("GMYOLO_GMA_FORM", "auto")
+
+
 class GMABlock(nn.Module):
-    """x + CPE; x + DropPath(GMA(LN(x))); x + DropPath(MLP(LN(x)))."""
+    """x + CPE; x + DropPath(GMA(LN(x))); x + DropPath(MLP(LN(x))).
+
+    Two forms compute the same function (tested against the spec, outputs and gradients):
+
+    - ``batched``: every segment and head of the block in single ops — one qkv product, one depthwise conv
+      for all aggregators (kernels zero-padded to 7×7), one batched pointwise product, one BatchNorm,
+      attention for all heads with a block-diagonal mask, one CRPE conv — with the weights those ops take
+      built by one gather (:class:`WeightPack`). About 90 kernel launches per training step (forward and
+      backward), for GPUs, where a small step costs its launches.
+    - ``segments``: one segment at a time with the exact kernel sizes: less arithmetic and more, smaller
+      ops; measured faster on CPUs.
+
+    ``form`` ``auto`` (the default) takes ``segments`` on the CPU and ``batched`` elsewhere; the pooling
+    aggregators (an ablation) always run in segments. :meth:`GroupMixFormer.set_block_form` sets it.
+
+    ``--compile`` compiles each block in place (``compile_region``): the blocks of one width share one graph.
+    """
+
+    compile_region = True
 
     def __init__(
         self,
@@ -397,18 +542,59 @@ class GMABlock(nn.Module):
         self.cpe = ConvPosEnc(dim)
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.att = GroupMixAttention(dim, num_heads, qkv_bias, attn_drop, drop, aggregator)
-        self.drop_path = StochasticDepth(drop_path, mode="row")
+        self.drop_path = drop_path  # stochastic depth's rate (a sample skips a residual branch); the stage draws
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.form = DEFAULT_BLOCK_FORM
+        if self.att.aggregator.convolutional:
+            shapes = {name: p.shape for name, p in self.packed_parameters().items()}
+            self.pack = WeightPack(shapes, batched_layout)
+
+    def packed_parameters(self) -> dict[str, torch.Tensor]:
+        """The parameters the batched form reads through its pack (the norms it uses as they are)."""
+        att, agg = self.att, self.att.aggregator
+        params = {"cpe_weight": self.cpe.proj.weight, "cpe_bias": self.cpe.proj.bias, "qkv_weight": att.qkv.weight}
+        if att.qkv.bias is not None:
+            params["qkv_bias"] = att.qkv.bias
+        for j, branch in enumerate(agg.aggregators(), 1):
+            params[f"agg{j}_spatial"] = branch.conv1.weight
+            params[f"agg{j}_pointwise"] = branch.pointwise_conv.weight
+        params["agg0_spatial"] = agg.agg0.conv.conv1.weight
+        params["agg0_pointwise"] = agg.agg0.conv.pointwise_conv.weight
+        for i, conv in enumerate(att.crpe.conv_list):
+            params[f"crpe_weight{i}"], params[f"crpe_bias{i}"] = conv.weight, conv.bias
+        params.update(proj_weight=att.proj.weight, proj_bias=att.proj.bias)
+        params.update(fc1_weight=self.mlp.fc1.weight, fc1_bias=self.mlp.fc1.bias)
+        params.update(fc2_weight=self.mlp.fc2.weight, fc2_bias=self.mlp.fc2.bias)
+        return params
 
     def no_weight_decay(self) -> set[str]:
         """Norms, biases and the position-encoding convs (CPE, CRPE) learn without weight decay."""
         return {n for n, p in self.named_parameters() if p.ndim <= 1 or n.startswith("cpe.") or ".crpe." in n}
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def batched(self, x: torch.Tensor) -> bool:
+        """Whether this call runs the batched form (see the class docstring)."""
+        if self.form == "auto":
+            return x.device.type != "cpu" and hasattr(self, "pack")
+        return self.form == "batched"
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int], keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x: B×N×C tokens of an H×W map (``size``) -> B×N×C. ``keep``: stochastic depth's 2×B×1×1 factors for the
+        two residual branches (drawn by the stage, see :meth:`GMAStage.keep_factors`), None when off."""
+        if self.batched(x):
+            w = self.pack(self.packed_parameters())
+            x = x + to_tokens(F.conv2d(to_image(x, size), w["cpe_weight"], w["cpe_bias"], 1, 1, 1, x.shape[-1]))
+            x = residual(x, self.att.forward_batched(self.norm1(x), size, w), keep, 0)
+            hidden = self.mlp.drop(F.gelu(F.linear(self.norm2(x), w["fc1_weight"], w["fc1_bias"])))
+            return residual(x, self.mlp.drop(F.linear(hidden, w["fc2_weight"], w["fc2_bias"])), keep, 1)
         x = self.cpe(x, size)
-        x = x + self.drop_path(self.att(self.norm1(x), size))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        x = residual(x, self.att.forward_segments(self.norm1(x), size), keep, 0)
+        return residual(x, self.mlp(self.norm2(x)), keep, 1)
+
+
+def residual(x: torch.Tensor, branch: torch.Tensor, keep: torch.Tensor | None, i: int) -> torch.Tensor:
+    """x + branch, the branch scaled by stochastic depth's ``keep[i]`` factors when given (one op either way)."""
+    return x + branch if keep is None else torch.addcmul(x, branch, keep[i])
 
 
 class GMAStage(nn.Module):
@@ -423,6 +609,25 @@ class GMAStage(nn.Module):
         super().__init__()
         self.gma_stage = nn.ModuleList(blocks)
         self.grad_checkpointing = False
+        # Stochastic depth for the whole stage at once: each block's survival rate and the factor kept samples
+        # take (1/rate). Constants, not buffers (see GroupMixAttention.head_mask); drawn here, not in the blocks, so
+        # that blocks of one width are one compiled graph whatever their rates (and two ops a stage, not a block).
+        rates = torch.tensor([float(getattr(b, "drop_path", 0.0)) for b in blocks])
+        self.stochastic_depth = bool((rates > 0).any())
+        self.survival = 1 - rates
+        self.keep_scale = torch.where(self.survival > 0, 1 / self.survival, torch.zeros(()))
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        self.survival, self.keep_scale = fn(self.survival), fn(self.keep_scale)
+        return self
+
+    def keep_factors(self, x: torch.Tensor) -> torch.Tensor | None:
+        """depth×2×B×1×1: per block, residual branch and sample, 0 (dropped) or 1/survival (kept); None when off."""
+        if not (self.training and self.stochastic_depth):
+            return None
+        keep = x.new_empty(len(self.gma_stage), 2, x.shape[0], 1, 1).bernoulli_(self.survival.view(-1, 1, 1, 1, 1))
+        return keep.mul_(self.keep_scale.view(-1, 1, 1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and x.requires_grad:
@@ -432,8 +637,9 @@ class GMAStage(nn.Module):
     def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         size = (x.shape[2], x.shape[3])
         tokens = to_tokens(x.contiguous(memory_format=torch.channels_last))
-        for block in self.gma_stage:
-            tokens = block(tokens, size)
+        keep = self.keep_factors(x)
+        for i, block in enumerate(self.gma_stage):
+            tokens = block(tokens, size) if keep is None else block(tokens, size, keep[i])
         return to_image(tokens, size)
 
     def recompute_context(self) -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
@@ -450,6 +656,17 @@ class GMAStage(nn.Module):
 
                 self.gma_stage[i] = FusedGMABlock(block)
         return self
+
+
+def set_block_form(module: nn.Module, form: str) -> None:
+    """Set ``form`` on every :class:`GMABlock` under ``module`` (a backbone, a detector, a GMA neck)."""
+    if form not in BLOCK_FORMS:
+        raise ValueError(f"unknown GMA block form {form!r}; choose one of {', '.join(BLOCK_FORMS)}")
+    for m in module.modules():
+        if isinstance(m, GMABlock):
+            if form == "batched" and not hasattr(m, "pack"):
+                raise ValueError("the batched form needs the conv aggregators; pooling aggregators run in segments")
+            m.form = form
 
 
 @contextlib.contextmanager
@@ -629,6 +846,11 @@ class GroupMixFormer(nn.Module):
         more compute); for the large variants at detection sizes. BatchNorm statistics are updated once."""
         for stage in self.groupmixformer_backbone:
             stage.grad_checkpointing = enable
+
+    def set_block_form(self, form: str = "auto") -> None:
+        """How the GMA blocks compute: ``auto`` (segments on the CPU, batched elsewhere), ``batched`` or ``segments``
+        (see :class:`GMABlock`). The function is the same; only the kernels that compute it differ."""
+        set_block_form(self, form)
 
     def get_classifier(self) -> nn.Module:
         return self.head

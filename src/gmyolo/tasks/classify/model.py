@@ -164,4 +164,4 @@ def variant_preprocessing(config: dict[str, Any]) -> dict[str, Any]:
 
 def drop_path_of(model: GroupMixFormer) -> float:
     """The stochastic-depth rate the model was built with (that of its last block)."""
-    return float(model.groupmixformer_backbone[-1].gma_stage[-1].drop_path.p)
+    return float(model.groupmixformer_backbone[-1].gma_stage[-1].drop_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ...engine.options import amp_mode, check_workers
+from ...engine.options import amp_mode, check_workers, compile_mode
 from .recipes import Resolution, resolve_recipe
 
 __all__ = [
@@ -61,7 +61,7 @@ class ClassifyTrainArgs:
     ema: bool = False  # keep an EMA of the weights, validate and save it as the model
     ema_decay: float = 0.9998
     amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on the CPU) | bf16 | fp16 | off
-    compile: bool = False  # torch.compile the model for training (not the loss)
+    compile: str = "off"  # torch.compile the model for training: off | default | reduce-overhead | max-autotune
     sync_bn: bool = False  # BatchNorm statistics over all GPUs (DDP)
     tensorboard: bool = True  # also log to TensorBoard when it is installed
     patience: int = 0  # stop after this many epochs without a better top-1 (0: never)
@@ -81,6 +81,7 @@ class ClassifyTrainArgs:
     def _check_values(self) -> None:
         check_workers(self.workers)
         self.amp = amp_mode(self.amp)  # run files of gmyolo < 0.2 hold True/False
+        self.compile = compile_mode(self.compile)  # and compile: true|false
         for name in ("patience", "warmup_epochs", "lr", "warmup_lr", "min_lr", "weight_decay", "clip_grad"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")

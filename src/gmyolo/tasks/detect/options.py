@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...engine.options import amp_mode, check_workers
+from ...engine.options import amp_mode, check_workers, compile_mode
 
 __all__ = ["TrainArgs", "ValArgs", "PredictArgs", "ExportArgs", "EXPORT_FORMATS", "DEFAULT_OPSET"]
 
@@ -41,7 +41,7 @@ class TrainArgs:
     close_mosaic: int = 5  # no mosaic for the last N epochs
     seed: int = 0
     amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on the CPU) | bf16 | fp16 | off
-    compile: bool = False  # torch.compile the model for training (not the loss)
+    compile: str = "off"  # torch.compile the model for training: off | default | reduce-overhead | max-autotune
     sync_bn: bool = False  # BatchNorm statistics over all GPUs (DDP)
     cache: bool = False  # keep decoded training images in RAM
     hyp: dict[str, float] | str = field(default_factory=dict)  # overrides, or a packaged set's name or a YAML path
@@ -57,6 +57,7 @@ class TrainArgs:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         check_workers(self.workers)
         self.amp = amp_mode(self.amp)  # run files of gmyolo < 0.2 hold True/False
+        self.compile = compile_mode(self.compile)  # and compile: true|false
         for name in ("patience", "freeze", "freeze_stages", "close_mosaic"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
@@ -73,14 +74,14 @@ class ValArgs:
     batch: int = 32
     device: str = ""
     workers: int | None = None  # None: min(8, CPU cores, batch)
-    compile: bool = False  # torch.compile a checkpoint's model (exported files run as they are)
+    compile: str = "off"  # torch.compile a checkpoint's model (exported files run as they are): off | default | ...
     conf: float = 0.001
     iou: float = 0.6
     max_det: int = 300
     save_json: bool = False  # COCO-format detections + pycocotools evaluation
     coco_gt: str | None = None  # a COCO ground-truth JSON for pycocotools (default: made from the labels)
-    # How detections are matched to labels: auto = YOLOv5's rule (best IoU first) for YOLOv5's head and
-    # pycocotools' (score order) for the others; coco or best_iou for one rule whatever the head.
+    # How detections are scored: auto = YOLOv5 7.0 val.py's matching and AP (best_iou) for YOLOv5's head and
+    # pycocotools' (coco) for the others; coco or best_iou for one rule whatever the head.
     matching: str = "auto"
     project: str = "runs/val"
     name: str = "exp"
@@ -100,7 +101,7 @@ class PredictArgs:
     classes: list[int] | None = None  # keep only these class ids
     agnostic_nms: bool = False
     device: str = ""
-    compile: bool = False  # torch.compile a checkpoint's model (exported files run as they are)
+    compile: str = "off"  # torch.compile a checkpoint's model (exported files run as they are): off | default | ...
     vid_stride: int = 1  # use every n-th video frame
     save: bool = True  # annotated images / videos
     save_txt: bool = False  # YOLO-format labels per image (labels/<stem>.txt)
