@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The prepared GPU check of issue 18: CUDA tests, `gmyolo bench` per model, 2 epochs of training with val,
-# predict and ONNX export, and the yolov5 pip package as the peer; one JSON and one log in the output folder.
+# The prepared GPU check (benchmarks/gpu_check.py says what it runs): the yolov5 pip package as the peer, a
+# GroupMixFormer detector against YOLO11n at two sizes, the CUDA tests, 20 epochs of training with val, predict and
+# ONNX export, then --compile; one JSON and one log in the output folder.
 #
 #   benchmarks/gpu_check.sh [--cpu] [--out DIR] [--budget SECONDS]
 #
-# On a GPU machine: at most 8 minutes (budget 450 s by default), output in $OUT (else runs/gpu_check).
-# --cpu: the tiny CPU mode (under 2 minutes), which CI runs so that this script keeps working.
+# On a GPU machine: at most 7 minutes (budget 420 s by default), output in $OUT (else runs/gpu_check).
+# --cpu: the tiny CPU mode (150 s at most), which CI runs so that this script keeps working.
 #
 # Packages the machine lacks travel as wheels in .whl/ at the repository root (or $GMYOLO_WHEELS): pycocotools
 # and yolov5==7.0.14, fetched where a registry is reachable with

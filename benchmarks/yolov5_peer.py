@@ -6,7 +6,8 @@ Usage: python benchmarks/yolov5_peer.py [--imgsz 640] [--batch 64] [--device 0] 
 
 A step is what each project's ``train.py`` does per batch: forward under autocast, its loss, backward (through a
 GradScaler), gradient clipping at 10, the optimizer step. YOLOv5 trains in fp16 with a GradScaler on a GPU, so
-both run so there (and fp32 on a CPU); gmyolo's own default (bf16 where the GPU has it) is timed too. Random
+both run so there (and fp32 on a CPU); on a GPU gmyolo's own default (bf16 where the GPU has it) is timed too, and
+the candidates for it: bf16 and fp16 with the model and images in channels-last memory. Random
 images and boxes, the two models interleaved run by run; medians. YOLOv5's optimizer is its SGD with its three
 parameter groups, gmyolo's the SGD it picks for a convolutional backbone.
 
@@ -86,12 +87,14 @@ def yolov5_step(device: torch.device, imgsz: int, precision, x: torch.Tensor, ta
     return step, sum(p.numel() for p in model.parameters())
 
 
-def gmyolo_step(device: torch.device, imgsz: int, batch: int, amp: str, x: torch.Tensor, targets: torch.Tensor):
+def gmyolo_step(
+    device: torch.device, imgsz: int, batch: int, amp: str, x: torch.Tensor, targets: torch.Tensor, nhwc: bool = False
+):
     from gmyolo.engine.precision import resolve_precision
     from gmyolo.models.yolo import DetectionModel
     from gmyolo.tools.bench import BenchArgs, train_step_fn
 
-    args = BenchArgs(model="yolov5s", imgsz=imgsz, batch=batch, amp=amp)
+    args = BenchArgs(model="yolov5s", imgsz=imgsz, batch=batch, amp=amp, channels_last=nhwc)
     model = DetectionModel("yolov5s", nc=80)
     step, _, trained = train_step_fn(model, args, device, resolve_precision(amp, device))
     return (lambda: step(x, targets)), sum(p.numel() for p in trained.parameters())
@@ -113,8 +116,10 @@ def run(args: argparse.Namespace) -> dict:
         return {"skipped": f"yolov5 {PEER_VERSION}: {type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     ours, params = gmyolo_step(device, args.imgsz, args.batch, peer_amp, x, targets)
     fns = {"yolov5": peer, "gmyolo": ours}
-    if device.type == "cuda":
+    if device.type == "cuda":  # gmyolo's default, and the candidates for it: bf16 or fp16, NCHW or channels-last
         fns["gmyolo_default_amp"] = gmyolo_step(device, args.imgsz, args.batch, "auto", x, targets)[0]
+        for amp in ("bf16", "fp16"):
+            fns[f"gmyolo_{amp}_channels_last"] = gmyolo_step(device, args.imgsz, args.batch, amp, x, targets, True)[0]
     times = time_interleaved(fns, args.repeats, args.warmup, device)
     rows = {name: summarize(t, args.batch) for name, t in times.items()}
     import yolov5
@@ -125,10 +130,17 @@ def run(args: argparse.Namespace) -> dict:
         "torch": torch.__version__,
         "imgsz": args.imgsz,
         "batch": args.batch,
-        "precision": {"yolov5": peer_amp, "gmyolo": peer_amp, "gmyolo_default_amp": "auto"},
+        "precision": {
+            "yolov5": peer_amp,
+            "gmyolo": peer_amp,
+            "gmyolo_default_amp": "auto",
+            "gmyolo_bf16_channels_last": "bf16",
+            "gmyolo_fp16_channels_last": "fp16",
+        },
         "params": {"yolov5": peer_params, "gmyolo": params},
         "train_step": rows,
         "gmyolo_over_yolov5_images_per_s": rows["gmyolo"]["images_per_s"] / rows["yolov5"]["images_per_s"],
+        "over_yolov5": {k: r["images_per_s"] / rows["yolov5"]["images_per_s"] for k, r in rows.items()},
     }
 
 
@@ -151,7 +163,8 @@ def main() -> int:
         print(f"skipped: {result['skipped']}")
     else:
         for name, r in result["train_step"].items():
-            print(f"{name:<20} {r['median_ms']:9.1f} ms  {r['images_per_s']:9.1f} images/s")
+            ratio = result["over_yolov5"][name]
+            print(f"{name:<28} {r['median_ms']:9.1f} ms  {r['images_per_s']:9.1f} images/s  {ratio:6.3f}x yolov5")
         print(f"gmyolo / yolov5 images/s: {result['gmyolo_over_yolov5_images_per_s']:.3f}")
     return 3 if "skipped" in result else 0
 

@@ -71,6 +71,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--grad-checkpointing", action="store_true", help="GroupMixFormer activation checkpointing in the training step"
     )
+    p.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="the training step's model and images in channels-last memory (cuDNN's NHWC convolutions)",
+    )
+    p.add_argument(
+        "--no-autotune",
+        dest="autotune",
+        action="store_false",
+        help="no cuDNN autotuning in the training step (`gmyolo train` autotunes its steps on CUDA): what the "
+        "first step's seconds owe to it",
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
     add_plugin_argument(p)
     p.set_defaults(run=run_bench_command)

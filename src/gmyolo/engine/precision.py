@@ -66,10 +66,7 @@ def bf16_supported(device: torch.device) -> bool:
     """Native bf16 on this GPU (Ampere and later); emulated bf16 does not count."""
     if device.type != "cuda":
         return False
-    try:
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # torch < 2.3 has no including_emulation (and reports native support only)
-        return torch.cuda.is_bf16_supported()
+    return torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 def resolve_precision(amp: str | bool | None, device: torch.device) -> Precision:

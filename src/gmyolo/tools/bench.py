@@ -364,6 +364,8 @@ def train_step_fn(
     forward under ``precision``'s autocast (compiled with ``--compile``), the loss in fp32, backward (scaled for
     fp16), clipping and the optimizer; returns the loss. ``targets`` None: a classifier's random labels."""
     model = copy.deepcopy(model).to(device).train()
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     for m in model.modules():
         if isinstance(m, GroupMixFormer):
             m.set_grad_checkpointing(args.grad_checkpointing)
@@ -393,7 +395,7 @@ def train_step_fn(
 
     def step(x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(x, targets)
+        loss = loss_fn(x.contiguous(memory_format=layout), targets)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -419,7 +421,7 @@ def bench_train_step(
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    with cudnn_benchmark(device.type == "cuda"):  # as `gmyolo train` runs its steps
+    with cudnn_benchmark(args.autotune and device.type == "cuda"):  # as `gmyolo train` runs its steps
         t0 = time.perf_counter()
         step(x, targets)  # the first step: cuDNN's autotuning, lazy initialisation, compilation with --compile
         sync()
@@ -430,6 +432,8 @@ def bench_train_step(
     result["optimizer"] = type(optimizer).__name__
     result["precision"] = precision.name + (" + GradScaler" if precision.scaled else "")
     result["compile"] = args.compile
+    result["channels_last"] = args.channels_last
+    result["autotune"] = args.autotune and device.type == "cuda"
     gmf = any(isinstance(m, GroupMixFormer) for m in trained.modules())
     result["grad_checkpointing"] = bool(args.grad_checkpointing and gmf)
     if device.type == "cuda":  # the peak of the timed steps, before the activation count below
@@ -751,6 +755,8 @@ def train_line(t: dict[str, Any]) -> str:
     line = (
         f"training step (forward, loss, backward, {t['optimizer']} step; {t['precision']}"
         + (f", compiled ({t['compile']})" if t["compile"] != "off" else "")
+        + (", channels-last" if t.get("channels_last") else "")
+        + (", cuDNN autotuning" if t.get("autotune") else "")
         + f"), batch {t['batch']} at {t['imgsz'][0]}x{t['imgsz'][1]}: median {t['median_ms']:.0f} ms "
         f"({t['min_ms']:.0f}..{t['max_ms']:.0f}), {t['images_per_s']:.2f} images/s; "
         f"first step {t['first_step_s']:.1f} s"

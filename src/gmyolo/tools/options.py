@@ -32,6 +32,8 @@ class BenchArgs:
     workers: int | None = None  # DataLoader workers for the data pipeline; None: as `gmyolo train` picks them
     features: bool = False  # a GroupMixFormer in features mode (no classifier)
     grad_checkpointing: bool = False  # GroupMixFormer activation checkpointing in the training step
+    channels_last: bool = False  # the training step's model and images in channels-last memory (NHWC convolutions)
+    autotune: bool = True  # cuDNN autotuning for the training step on CUDA, as `gmyolo train` runs its steps
 
     def check(self) -> None:
         if self.imgsz is not None and self.imgsz < 32:

@@ -124,7 +124,7 @@ class FusedGMABlock(nn.Module):
         out = torch.stack([*out.view(4, B, N, s).unbind(0), local], dim=2).view(B, N, C)  # head-major, then S4
         # out= buffers have no gradient and do not mix with autocast's dtype changes.
         compiled = exporting or torch.compiler.is_compiling()
-        if x.device.type == "cpu" and not (compiled or x.requires_grad or cpu_autocast_enabled()):
+        if x.device.type == "cpu" and not (compiled or x.requires_grad or torch.is_autocast_enabled("cpu")):
             return self.residual_tail(x, out)
         x = x + self.proj(out)
         return x + self.fc2(F.gelu(self.fc1(self.norm2(x))))
@@ -185,13 +185,6 @@ class FusedGMABlock(nn.Module):
         _, B, N, s = v.shape
         conv_v = self.crpe_merged(to_image(v.permute(1, 2, 0, 3).reshape(B, N, 4 * s), size))
         return to_tokens(conv_v).view(B, N, 4, s).permute(2, 0, 1, 3)
-
-
-def cpu_autocast_enabled() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4 takes no device type
-        return torch.is_autocast_cpu_enabled()
 
 
 def depthwise_conv(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Conv2d:
