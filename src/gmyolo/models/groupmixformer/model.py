@@ -3,13 +3,14 @@
 Paper: Ge et al., "Advancing Vision Transformers with Group-Mix Attention", 2023.
 
 The computation is the authors' released code's, so their ImageNet-1K checkpoints load unchanged
-(module names equal the authors' state-dict keys) and give the same numbers. The memory layout is
-ours, for speed: tokens share memory with channels-last maps (no copies between the two views), q, k
-and v are aggregated one segment at a time (one conv per aggregator, no split/cat), and attention
-runs per segment. The order of this file: layout helpers, building blocks, GMA, the GMA block, the
-model, variants. Beside it: ``fused.py`` (the inference form ``fuse()`` switches every block to),
-``weights.py`` (reading the authors' checkpoints), ``literal.py`` (the spec's own order, a benchmark
-reference).
+(state-dict keys equal the authors') and give the same numbers. The memory layout is ours, for speed:
+tokens share memory with channels-last maps (no copies between the two views), and a GMA block computes
+in one of two forms (:class:`GMABlock`): *batched* for GPUs, every segment and head in single ops, and
+*segments* for CPUs, one segment at a time with the exact kernel sizes. The order of this file: layout
+helpers, building blocks, GMA, the GMA block, the model, variants. Beside it: ``packing.py`` (the batched
+form's kernels, gathered from the parameters), ``fused.py`` (the inference form ``fuse()`` switches every
+block to), ``weights.py`` (reading the authors' checkpoints), ``literal.py`` (the spec's own order, the
+reference for tests and benchmarks).
 
 Shapes: B batch, C channels, H×W map, N = H·W tokens, s = C/5 (one channel segment).
 """
@@ -468,7 +469,7 @@ def batched_layout(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     shared = torch.cat([identity, pad7(p["agg1_spatial"]), pad7(p["agg2_spatial"]), p["agg3_spatial"]])
     local = pad7(p["agg0_spatial"]).view(3, s, 1, 7, 7)  # the non-attention branch's kernels of q, k, v
     spatial = torch.cat([torch.cat([shared, local[t]]) for t in range(3)])
-    eye = torch.eye(s, dtype=torch.long) * ONE
+    eye = torch.where(torch.eye(s, dtype=torch.bool), ONE, ZERO)
     pointwise = torch.block_diag(eye, *(p[f"agg{j}_pointwise"].flatten(1) for j in (1, 2, 3))).t()
     return dict(
         cpe_weight=p["cpe_weight"],
@@ -545,6 +546,8 @@ class GMABlock(nn.Module):
         self.drop_path = drop_path  # stochastic depth's rate (a sample skips a residual branch); the stage draws
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        if DEFAULT_BLOCK_FORM not in BLOCK_FORMS:
+            raise ValueError(f"GMYOLO_GMA_FORM must be one of {', '.join(BLOCK_FORMS)}, got {DEFAULT_BLOCK_FORM!r}")
         self.form = DEFAULT_BLOCK_FORM
         if self.att.aggregator.convolutional:
             shapes = {name: p.shape for name, p in self.packed_parameters().items()}
