@@ -61,3 +61,57 @@ def kill_when_seen():
     """SIGKILL a command once its stderr shows a marker (the resume tests' harness): ``kill_when_seen(argv,
     marker, env, cwd, settle=0.0) -> stderr bytes``."""
     return _run_until_then_kill
+
+
+def _signal_group_when_seen(
+    argv, marker: bytes, env, cwd, signals=((signal.SIGTERM, 0.0),), timeout: float = 240
+) -> tuple[int | None, bytes, bool]:
+    """Start ``argv`` as the leader of a process group of its own (it and its loader workers); once ``marker`` shows
+    on its stderr, send each of ``signals`` — ``(signal, seconds after the one before)`` — to the whole group, as
+    ``timeout``, ``kill -- -PGID``, SLURM and systemd do, and wait for it to end. Returns its exit code (None if it
+    had to be killed after ``timeout`` seconds), the stderr seen, and whether any process of the group outlived it
+    (workers left behind). Whatever is left of the group is SIGKILLed before returning."""
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=cwd,
+                            start_new_session=True)  # fmt: skip
+    seen = bytearray()
+
+    def read_stderr():
+        while chunk := proc.stderr.read1(4096):
+            seen.extend(chunk)
+
+    def group_alive() -> bool:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while marker not in seen and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if marker in seen:
+        for sig, delay in signals:
+            time.sleep(delay)
+            if group_alive():
+                os.killpg(proc.pid, sig)
+    try:
+        code = proc.wait(max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        code = None
+    # The loaders' workers end before the main process does; one reparented away would still be in the group.
+    time.sleep(0.2)
+    left = group_alive()
+    if left:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    reader.join(10)
+    return code, bytes(seen), left
+
+
+@pytest.fixture
+def signal_group_when_seen():
+    """Signal a command's whole process group once its stderr shows a marker (the process-group stop tests):
+    ``signal_group_when_seen(argv, marker, env, cwd, signals=((SIGTERM, 0.0),)) -> (exit code, stderr, left)``."""
+    return _signal_group_when_seen

@@ -40,9 +40,10 @@ def gmyolo_train(*argv: str) -> list[str]:
     return [sys.executable, "-m", "gmyolo", "train", *argv]
 
 
-def read_rows(path) -> list[dict[str, str]]:
+def read_rows(path, drop=()) -> list[dict[str, str]]:
+    """results.csv's rows, without the columns ``drop`` (wall times, which no two runs share)."""
     with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+        return [{k: v for k, v in row.items() if k not in drop} for row in csv.DictReader(f)]
 
 
 def assert_same_training_state(a: dict, b: dict) -> None:
@@ -103,6 +104,7 @@ def test_sigkill_mid_epoch_then_resume(synth, tmp_path, kill_when_seen):
 
 
 def test_ctrl_c_while_saving_finishes_the_checkpoint_first(synth, tmp_path, monkeypatch, capsys):
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler; SIG_IGN in a background job (`pytest &`)
     real_save, calls = trainer_module.save_checkpoint, []
 
     def ctrl_c_then_save(path, *a, **k):  # a real SIGINT to this process while the checkpoint is written
@@ -120,7 +122,7 @@ def test_ctrl_c_while_saving_finishes_the_checkpoint_first(synth, tmp_path, monk
     assert calls == ["best.pt", "last.pt"]  # both written, then stopped
     assert torch.load(last, weights_only=True)["epoch"] == 0
     assert read_epochs(tmp_path / "exp/results.csv") == ["1"] and not temp_files(tmp_path)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored, whatever they were
 
 
 def test_ctrl_c_mid_epoch_names_the_checkpoint_to_resume(synth, tmp_path, monkeypatch, capsys):
@@ -151,6 +153,46 @@ def test_deferred_signal_is_raised_after_the_block():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.parametrize("before", [signal.default_int_handler, signal.SIG_IGN], ids=["foreground", "background"])
+def test_the_handlers_found_are_put_back(before):
+    # A job started in the background (`pytest &`, `nohup ... &`) starts with SIGINT ignored: that is what it gets
+    # back, as a foreground job gets Python's default_int_handler back. Within the block a signal stops the run.
+    previous = signal.signal(signal.SIGINT, before)
+    try:
+        with GracefulInterrupt() as interrupt:
+            assert signal.getsignal(signal.SIGINT) == interrupt.handle
+            with pytest.raises(KeyboardInterrupt, match="no checkpoint was saved yet"):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+        assert signal.getsignal(signal.SIGINT) is before
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_a_signal_sets_worker_failures_aside_until_the_end():
+    # Once stopping, a loader worker that ends (killed by the same group-wide signal before it could ignore it)
+    # must not raise torch's "DataLoader worker ... is killed by signal" inside a checkpoint write: torch's SIGCHLD
+    # handler is set aside while the run stops, and put back afterwards.
+    def worker_failed(signum, frame):
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+
+    previous = signal.signal(signal.SIGCHLD, worker_failed)
+    try:
+        with GracefulInterrupt() as interrupt:
+            with pytest.raises(KeyboardInterrupt):
+                with interrupt.deferred():
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    assert signal.getsignal(signal.SIGCHLD) is signal.SIG_DFL
+                    os.kill(os.getpid(), signal.SIGCHLD)  # a worker ended: ignored while stopping
+                    time.sleep(0.1)
+                    done = True
+            assert done and interrupt.requested == signal.SIGTERM
+        assert signal.getsignal(signal.SIGCHLD) is worker_failed
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
 
 
 def test_tidy_interrupted_run(tmp_path):

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
+import multiprocessing.util
 import os
+import signal
+import threading
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -293,13 +297,61 @@ def create_dataset(
 
 def seed_worker(worker_id: int) -> None:
     """Per worker: one OpenCV thread (workers are the parallelism; more threads only contend with the
-    training process), and numpy/random seeded from torch's per-worker seed."""
+    training process), numpy/random seeded from torch's per-worker seed, and Ctrl-C and SIGTERM left to the
+    main process (:func:`leave_stop_signals_to_the_main_process`)."""
     import random
 
+    leave_stop_signals_to_the_main_process()
     cv2.setNumThreads(0)
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def leave_stop_signals_to_the_main_process() -> None:
+    """In a loader worker: SIGINT and SIGTERM are ignored, left to the main process.
+
+    Ctrl-C, ``timeout``, ``kill -- -PGID``, SLURM and systemd signal every process of the job, the workers too. A
+    worker that died of it would make torch's SIGCHLD handler raise ``DataLoader worker (pid N) is killed by
+    signal`` in the main process, wherever it was (inside ``torch.save`` of a checkpoint, say), and leave the main
+    process without the batches of the step it is finishing. The main process, once stopping, shuts its loaders
+    down itself; at exit, :func:`_end_loader_workers_at_exit` ends any left. SIGKILL ends a worker as ever.
+    """
+    if threading.current_thread() is threading.main_thread():  # dispositions are set from the main thread only
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _end_loader_workers_at_exit() -> None:
+    """At exit (of this process, or of a multiprocessing child), before multiprocessing terminate()s its daemonic
+    children with SIGTERM and join()s them, which workers ignoring SIGTERM would never survive: SIGKILL the workers
+    of every DataLoader iterator still alive (a loader at module level, one held by a traceback), first taking them
+    off torch's SIGCHLD watch. The trainer shuts its loaders down before this, in the ordinary way."""
+    if not multiprocessing.active_children():
+        return
+    import gc
+
+    from torch.utils.data._utils import signal_handling
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    for iterator in [o for o in gc.get_objects() if isinstance(o, _MultiProcessingDataLoaderIter)]:
+        if getattr(iterator, "_worker_pids_set", False):
+            signal_handling._remove_worker_pids(id(iterator))  # no "worker killed by signal" error for these
+            iterator._worker_pids_set = False
+        for worker in getattr(iterator, "_workers", ()):
+            if worker.is_alive():
+                worker.kill()
+                worker.join(5)
+
+
+def _register_exit_hook(*_) -> None:
+    # A finalizer multiprocessing runs at exit before it ends its children (atexit in this process; a child's run()
+    # end in forked ones, whose finalizers are cleared at the fork: registered again there).
+    multiprocessing.util.Finalize(None, _end_loader_workers_at_exit, exitpriority=100)
+
+
+_register_exit_hook()
+multiprocessing.util.register_after_fork(_register_exit_hook, _register_exit_hook)
 
 
 def cpu_cores() -> int:

@@ -16,9 +16,11 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from datetime import timedelta
@@ -49,6 +51,7 @@ __all__ = [
     "mean_over_ranks",
     "launch_needed",
     "launch",
+    "run_torchrun",
 ]
 
 LOGGER = logging.getLogger("gmyolo")
@@ -175,6 +178,10 @@ def launch(args: Any, trainer: type, nproc: int | None = None) -> dict[str, Any]
 
     ``nproc`` defaults to the number of GPUs in ``args.device`` (which must exist). The arguments go
     to the workers as a YAML file, the results come back as JSON.
+
+    Ctrl-C or SIGTERM (to this process, or to the whole job as SLURM and ``timeout`` send it): torchrun is told
+    (:func:`run_torchrun`), each rank ends the step or checkpoint in hand, and this raises KeyboardInterrupt with
+    rank 0's word on where to resume.
     """
     if nproc is None:
         gpus = parse_gpus(args.device)
@@ -185,7 +192,8 @@ def launch(args: Any, trainer: type, nproc: int | None = None) -> dict[str, Any]
         args_file.write_text(yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
         worker = "from gmyolo.engine.trainer import run_worker; run_worker()"
         entry = f"{trainer.__module__}:{trainer.__qualname__}"
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        torchrun = "from gmyolo.engine.distributed import run_torchrun; run_torchrun()"  # torchrun, stopping quietly
+        cmd = [sys.executable, "-c", torchrun, "--standalone", f"--nproc_per_node={nproc}"]
         cmd += ["--no-python", sys.executable, "-c", worker, entry, str(args_file), str(result_file)]
         LOGGER.info("DDP: starting %d processes: %s", nproc, " ".join(cmd))
         # The workers are fresh interpreters: the modules this process registered from plugin files reach them
@@ -193,11 +201,61 @@ def launch(args: Any, trainer: type, nproc: int | None = None) -> dict[str, Any]
         plugins = loaded_plugins()
         env = {**os.environ, ENV_VAR: os.pathsep.join(plugins)} if plugins else None
         proc = subprocess.Popen(cmd, env=env)
-        try:
-            code = proc.wait()
-        except KeyboardInterrupt:  # torchrun got the Ctrl-C too: let it stop its workers
-            proc.wait()
-            raise
+        with stop_signals_passed_on(proc) as received:
+            code = proc.wait()  # after a stop signal too: the ranks finish their step or checkpoint first
+        result = json.loads(result_file.read_text()) if result_file.is_file() else {}
+        if "interrupted" in result or received:
+            raise KeyboardInterrupt(result.get("interrupted", ""))  # rank 0's: where to resume
         if code != 0:
             raise LaunchError(f"distributed training failed (torchrun exit code {code}); the workers' errors are above")
-        return json.loads(result_file.read_text())
+        return result
+
+
+@contextlib.contextmanager
+def stop_signals_passed_on(proc: subprocess.Popen) -> Iterator[list[int]]:
+    """While this process waits for torchrun: the first SIGINT / SIGTERM is passed on to it (it stops its workers;
+    sent to the whole job, it reached torchrun already, which lets the second go) and noted in the list yielded;
+    later ones are let go while the ranks finish. The handlers found are put back afterwards."""
+    received: list[int] = []
+
+    def handle(signum: int, frame) -> None:
+        if not received:
+            received.append(signum)
+            with contextlib.suppress(OSError):
+                proc.send_signal(signum)
+
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {s: signal.signal(s, handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_torchrun() -> None:
+    """torchrun (``python -m torch.distributed.run``, its arguments in ``sys.argv[1:]``) as :func:`launch` runs it.
+
+    Stopped by SIGINT or SIGTERM, torchrun sends its workers the signal and waits for them (30 s, then SIGKILL),
+    then raises its SignalException. Here a second signal while it waits is let go (the same stop reaching it from
+    the whole job and from the launcher; torchrun would otherwise stop waiting for the ranks finishing their step or
+    checkpoint), and the SignalException ends torchrun with 130, as the ranks do, not with a traceback.
+    """
+    from torch.distributed.elastic.multiprocessing import api
+    from torch.distributed.run import main
+
+    real_handler = getattr(api, "_terminate_process_handler", None)  # what torchrun installs (torch 2.x)
+    received: list[int] = []
+
+    def once(signum: int, frame) -> None:
+        if not received:
+            received.append(signum)
+            real_handler(signum, frame)
+
+    if real_handler is not None:
+        api._terminate_process_handler = once
+    try:
+        main()
+    except api.SignalException:
+        sys.exit(130)

@@ -36,7 +36,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +62,7 @@ from .distributed import (
     setup_distributed,
     wrap_model,
 )
-from .faults import GracefulInterrupt, out_of_memory_hint, tidy_interrupted_run
+from .faults import GracefulInterrupt, out_of_memory_hint, shut_down_loader_workers, tidy_interrupted_run
 from .loggers import tensorboard_logger
 from .options import compile_mode
 from .plots import plot_results
@@ -73,6 +73,7 @@ __all__ = ["Trainer", "Evaluation", "TrainingDiverged", "run_worker"]
 
 LOGGER = logging.getLogger("gmyolo")
 MACHINE_OPTIONS = ("device", "workers", "progress", "compile")  # what --resume may change: how it runs, not what
+INTERRUPTED = "interrupted"  # DDP: rank 0's word to the other ranks at the end of an epoch, besides stop / go on
 
 
 @dataclass
@@ -109,6 +110,8 @@ class Trainer:
         self.tb = None
         self.precision = Precision("cpu")  # fp32 until run() resolves --amp on the device
         self.epoch_seconds: list[float] = []  # wall time of each epoch trained in this process
+        self.interrupt = GracefulInterrupt(self.command)  # train() installs its handlers for the run
+        self.stop_after_step = False  # DDP: the ranks agreed to stop at the end of the step in hand
 
     # ---- hooks ----------------------------------------------------------------------------------
     def load_checkpoint(self, path: Path) -> dict[str, Any]:
@@ -192,7 +195,19 @@ class Trainer:
             return launch(self.args, type(self))
         with GracefulInterrupt(self.command) as interrupt:
             self.interrupt = interrupt
-            return self.run()
+            try:
+                return self.run()
+            except Exception as e:
+                if interrupt.requested is None:
+                    raise
+                # Stopping already: what failed on the way out (a rank that left a collective, say) is its
+                # consequence; one line, then the interrupt and its resume hint.
+                LOGGER.warning("while stopping: %s: %s", type(e).__name__, e)
+                raise interrupt.stop() from None
+            finally:
+                # Their workers end now, before the signal handlers are restored (quietly: no worker-death errors
+                # from torch's SIGCHLD handler, nor "Exception ignored in __del__" at interpreter exit).
+                shut_down_loader_workers(getattr(self, "train_loader", None), getattr(self, "val_loader", None))
 
     def resume_args(self) -> None:
         """Resuming: read the checkpoint; the run's own options, except where this machine differs."""
@@ -314,7 +329,20 @@ class Trainer:
         return self.precision.enabled
 
     def train_epochs(self) -> int:
-        """The epoch loop; returns the last epoch run (0-based)."""
+        """The epoch loop; returns the last epoch run (0-based).
+
+        DDP: Ctrl-C / SIGTERM are held throughout. A rank cannot stop alone (the others would wait for it at their
+        next collective, or until the time-out): the ranks agree where they all meet, each step's loss average and
+        rank 0's word at the end of an epoch, and stop there together. One process: the step and the checkpoint in
+        hand are finished first; elsewhere (loading a batch, validating) the signal stops the run at once.
+        """
+        if self.world_size == 1:
+            return self.epoch_loop()
+        with self.interrupt.deferred("the step, validation or checkpoint in hand (all ranks)", raise_at_end=False):
+            return self.epoch_loop()
+
+    def epoch_loop(self) -> int:
+        """Train, validate and save each epoch; returns the last epoch run (0-based)."""
         args = self.args
         scaler = self.precision.scaler()
         best_epoch = self.start - 1
@@ -327,7 +355,10 @@ class Trainer:
             lrs = [{"lr": g["lr"], "kind": g.get("kind")} for g in self.optimizer.param_groups]
             self.step_epoch()
             if not is_main_process():  # rank 0 validates and saves; the others wait for whether to go on
-                if broadcast_object(None):
+                decision = broadcast_object(None)
+                if decision == INTERRUPTED:  # rank 0 was stopped (or learnt another rank was): all stop now
+                    raise self.interrupt.stop()
+                if decision:
                     break
                 continue
 
@@ -367,6 +398,9 @@ class Trainer:
                 self.save_checkpoint(last, **state)
                 self.interrupt.saved(last, epoch)
             stop = bool(args.patience and epoch - best_epoch >= args.patience)
+            if self.world_size > 1 and self.interrupt.requested is not None:
+                broadcast_object(INTERRUPTED)  # DDP: signals were held for this word; every rank stops now
+                raise self.interrupt.stop()
             if broadcast_object(stop):  # every rank stops with rank 0
                 LOGGER.info(
                     "early stop: no improvement in the last %d epochs (best: epoch %d)", args.patience, best_epoch + 1
@@ -398,7 +432,7 @@ class Trainer:
             bar_format="{l_bar}{bar:10}{r_bar}",
         )
         n_done = 0
-        for i, batch in enumerate(bar):
+        for i, batch in self.training_steps(bar):
             ni = i + nb * epoch
             self.adjust_lr(ni, epoch)
             prepared = self.preprocess(batch)
@@ -410,7 +444,7 @@ class Trainer:
                     preds = self.train_model(images)
                 # The loss in fp32 whatever the forward ran in (bf16 keeps 8 bits of mantissa: too few for IoUs).
                 loss, loss_items = self.loss(to_float32(preds) if self.precision.enabled else preds, targets)
-            loss_all = mean_over_ranks(loss)  # a NaN on any rank stops them all
+            loss_all = self.loss_over_ranks(loss)  # a NaN on any rank stops them all
             if not torch.isfinite(loss_all):
                 last = self.weights_dir / "last.pt"
                 raise TrainingDiverged(
@@ -441,6 +475,26 @@ class Trainer:
         bar.close()
         return mean_loss.cpu()
 
+    def training_steps(self, batches: Any) -> Iterator[tuple[int, Any]]:
+        """``enumerate(batches)``, each step run whole: Ctrl-C / SIGTERM during a step stops the run once the step
+        has ended (DDP: once the step where the ranks agreed to stop has ended, :meth:`loss_over_ranks`)."""
+        self.stop_after_step = False
+        for i, batch in enumerate(batches):
+            with self.interrupt.deferred("the training step"):
+                yield i, batch  # the loop's body runs here
+            if self.stop_after_step:
+                raise self.interrupt.stop()
+
+    def loss_over_ranks(self, loss: torch.Tensor) -> torch.Tensor:
+        """The step's loss averaged over the ranks. DDP: the same all-reduce carries whether any rank has been sent
+        Ctrl-C / SIGTERM; if so, every rank stops at the end of this step (``stop_after_step``)."""
+        if self.world_size == 1:
+            return mean_over_ranks(loss)
+        stopping = torch.tensor(float(self.interrupt.requested is not None), device=loss.device)
+        both = mean_over_ranks(torch.stack([loss.detach().float().sum(), stopping]))
+        self.stop_after_step = bool(both[1] > 0)
+        return both[0]
+
     def memory_hint(self, images: torch.Tensor):
         return out_of_memory_hint(self.args.batch, self.rank_batch, images)
 
@@ -469,8 +523,9 @@ def run_worker() -> None:
         # A fresh interpreter: the parent's --plugin files come through GMYOLO_PLUGINS, before any model is built.
         load_plugins()
         result = trainer(trainer.args_type(**yaml.safe_load(Path(args_file).read_text()))).train()
-    except KeyboardInterrupt as e:
-        print(f"{trainer.command}: interrupted" + (f"; {e}" if str(e) else ""), file=sys.stderr)
+    except KeyboardInterrupt as e:  # the launcher says so, with rank 0's word on where to resume
+        if is_main_process():
+            Path(result_file).write_text(json.dumps({"interrupted": str(e)}))
         sys.exit(130)
     except USER_ERRORS as e:
         print(f"{trainer.command}: error: {e}", file=sys.stderr)
