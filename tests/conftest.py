@@ -33,27 +33,41 @@ def _seed_and_threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+class Watched:
+    """A command started with stderr piped; a thread collects what it writes there into ``seen``."""
+
+    def __init__(self, argv, env, cwd, new_session: bool = False):
+        self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=cwd,
+                                     start_new_session=new_session)  # fmt: skip
+        self.seen = bytearray()
+        self.reader = threading.Thread(target=self.read_stderr, daemon=True)
+        self.reader.start()
+
+    def read_stderr(self) -> None:
+        while chunk := self.proc.stderr.read1(4096):
+            self.seen.extend(chunk)
+
+    def wait_for(self, marker: bytes, deadline: float) -> bool:
+        """Whether ``marker`` showed on stderr before the command ended or the ``deadline`` (time.monotonic) passed."""
+        while marker not in self.seen and self.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return marker in self.seen
+
+    def stderr(self) -> bytes:
+        """All it wrote (call once it has ended)."""
+        self.reader.join(10)
+        return bytes(self.seen)
+
+
 def _run_until_then_kill(argv, marker: bytes, env, cwd, settle: float = 0.0, timeout: float = 240) -> bytes:
     """Start ``argv``; once ``marker`` shows on its stderr (then ``settle`` seconds more), SIGKILL it. Returns the
     stderr seen, for the caller to assert the marker was reached (the process is killed either way)."""
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=cwd)
-    seen = bytearray()
-
-    def read_stderr():
-        while chunk := proc.stderr.read1(4096):
-            seen.extend(chunk)
-
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
-    while marker not in seen and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if marker in seen:
+    run = Watched(argv, env, cwd)
+    if run.wait_for(marker, time.monotonic() + timeout):
         time.sleep(settle)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    reader.join(10)
-    return bytes(seen)
+    run.proc.send_signal(signal.SIGKILL)
+    run.proc.wait()
+    return run.stderr()
 
 
 @pytest.fixture
@@ -71,13 +85,8 @@ def _signal_group_when_seen(
     ``timeout``, ``kill -- -PGID``, SLURM and systemd do, and wait for it to end. Returns its exit code (None if it
     had to be killed after ``timeout`` seconds), the stderr seen, and whether any process of the group outlived it
     (workers left behind). Whatever is left of the group is SIGKILLed before returning."""
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, cwd=cwd,
-                            start_new_session=True)  # fmt: skip
-    seen = bytearray()
-
-    def read_stderr():
-        while chunk := proc.stderr.read1(4096):
-            seen.extend(chunk)
+    run = Watched(argv, env, cwd, new_session=True)
+    proc = run.proc
 
     def group_alive() -> bool:
         try:
@@ -86,12 +95,8 @@ def _signal_group_when_seen(
             return False
         return True
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
     deadline = time.monotonic() + timeout
-    while marker not in seen and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    if marker in seen:
+    if run.wait_for(marker, deadline):
         for sig, delay in signals:
             time.sleep(delay)
             if group_alive():
@@ -106,8 +111,7 @@ def _signal_group_when_seen(
     if left:
         os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    reader.join(10)
-    return code, bytes(seen), left
+    return code, run.stderr(), left
 
 
 @pytest.fixture
