@@ -532,23 +532,3 @@ def run_worker() -> None:
         sys.exit(2)
     if is_main_process():
         Path(result_file).write_text(json.dumps(result, default=float))
-
-
-# Names that lived here before the trainer was shared by the tasks (gmyolo < 0.2): detection's now.
-_MOVED = {
-    "TrainArgs": "gmyolo.tasks.detect.options",
-    "train": "gmyolo.tasks.detect.train",
-    "build_optimizer": "gmyolo.tasks.detect.train",
-    "CSV_COLUMNS": "gmyolo.tasks.detect.train",
-    "increment_path": "gmyolo.engine.runs",
-    "find_last_checkpoint": "gmyolo.engine.runs",
-    "make_ema": "gmyolo.engine.ema",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
