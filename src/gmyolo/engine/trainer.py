@@ -64,7 +64,7 @@ from .distributed import (
 )
 from .faults import GracefulInterrupt, out_of_memory_hint, shut_down_loader_workers, tidy_interrupted_run
 from .loggers import tensorboard_logger
-from .options import compile_mode
+from .options import TrainOptions, compile_mode
 from .plots import plot_results
 from .precision import Precision, compile_model, cudnn_benchmark, resolve_precision, to_float32
 from .runs import find_last_checkpoint, increment_path, write_csv_row
@@ -88,19 +88,20 @@ class Evaluation:
 
 
 class Trainer:
-    """Trains ``args`` (the task's options dataclass); ``train()`` runs it and returns the final results.
+    """Trains ``args`` (the task's options: a :class:`~gmyolo.engine.options.TrainOptions`); ``train()`` runs it and
+    returns the final results.
 
     Attributes a hook may use once set: ``args``, ``device``, ``rank_batch`` (this process's share of each
     batch), ``model`` (what is saved), ``train_model`` (what runs the forward: DDP or ``model``),
     ``optimizer``, ``scheduler``, ``ema``, ``train_loader``, ``val_loader``, ``save_dir``, ``epoch``.
     """
 
-    args_type: type  # the task's options dataclass
+    args_type: type[TrainOptions]  # the task's options dataclass
     command = "gmyolo train"  # how the user starts it (messages, resume hints)
     loss_names: Sequence[str] = ("loss",)  # the items ``loss`` returns, in order
     diverged_hint = "Try a lower learning rate or --no-amp."
 
-    def __init__(self, args: Any):
+    def __init__(self, args: TrainOptions):
         self.args = args
         self.ckpt: dict[str, Any] | None = None  # the checkpoint resumed from
         self.ema: nn.Module | None = None
@@ -190,7 +191,7 @@ class Trainer:
     # ---- the run --------------------------------------------------------------------------------
     def train(self) -> dict[str, Any]:
         """Train; with several GPUs named and outside torchrun, start torchrun and return rank 0's results."""
-        if launch_needed(getattr(self.args, "device", "")):
+        if launch_needed(self.args.device):
             self.args.check()  # fail here rather than in every process
             return launch(self.args, type(self))
         with GracefulInterrupt(self.command) as interrupt:
@@ -219,7 +220,7 @@ class Trainer:
         # This machine's settings where the caller gave them; otherwise the run's own (its device, workers).
         defaults = type(args)()
         keep = {
-            k: getattr(args, k) for k in MACHINE_OPTIONS if k in fields and getattr(args, k) != getattr(defaults, k)
+            k: getattr(args, k) for k in MACHINE_OPTIONS if getattr(args, k) != getattr(defaults, k)
         }
         self.args = type(args)(**{**saved, **keep, "resume": str(last)})
         self.save_dir = last.parent.parent
@@ -230,8 +231,8 @@ class Trainer:
             self.resume_args()
         args, ckpt = self.args, self.ckpt
         args.check()
-        self.device = setup_distributed(args.device, getattr(args, "sync_bn", False))
-        self.precision = resolve_precision(getattr(args, "amp", "auto"), self.device)
+        self.device = setup_distributed(args.device, args.sync_bn)
+        self.precision = resolve_precision(args.amp, self.device)
         self.rank_batch = per_rank_batch(args.batch)
         self.seed()
         self.setup()
@@ -256,14 +257,14 @@ class Trainer:
             self.save_dir = broadcast_object(increment_path(Path(args.project) / args.name, args.exist_ok))
         self.weights_dir = self.save_dir / "weights"
         self.weights_dir.mkdir(parents=True, exist_ok=True)
-        self.train_model = wrap_model(self.model, self.device, getattr(args, "sync_bn", False))
+        self.train_model = wrap_model(self.model, self.device, args.sync_bn)
         # The forward only: the loss, EMA and checkpoints use self.model (regional compilation compiles its blocks in
         # place, which leaves its state dict and the EMA's copy as they are).
-        self.train_model = compile_model(self.train_model, self.device, getattr(args, "compile", "off"))
+        self.train_model = compile_model(self.train_model, self.device, args.compile)
         if ckpt is None and is_main_process():
             atomic_write(self.save_dir / "args.yaml", yaml.safe_dump(dataclasses.asdict(args), sort_keys=False))
             self.on_train_start()
-        self.tb = tensorboard_logger(self.save_dir, getattr(args, "tensorboard", True) and is_main_process())
+        self.tb = tensorboard_logger(self.save_dir, args.tensorboard and is_main_process())
         self.csv_file = self.save_dir / "results.csv"
         if ckpt is not None and is_main_process():
             tidy_interrupted_run(self.save_dir, self.start)
@@ -280,7 +281,7 @@ class Trainer:
             return {"save_dir": str(self.save_dir), "rank": get_rank(), "epochs_trained": last_epoch + 1}
         best = self.weights_dir / "best.pt"
         results = self.final_eval(best)
-        if getattr(args, "plots", True):
+        if args.plots:
             plot_results(self.csv_file)
         LOGGER.info("results saved to %s", self.save_dir)
         return {
@@ -317,7 +318,7 @@ class Trainer:
             "speed: %s%s, torch.compile %s, %d loader worker(s)%s%s",
             self.precision.name,
             " autocast" + (" + GradScaler" if self.precision.scaled else "") if self.precision.enabled else "",
-            compile_mode(getattr(self.args, "compile", "off")),
+            compile_mode(self.args.compile),
             workers,
             " (persistent)" if workers and loader.persistent_workers else "",
             ", pinned memory" if loader.pin_memory else "",

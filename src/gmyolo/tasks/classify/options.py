@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ...engine.options import amp_mode, check_workers, compile_mode
+from ...engine.options import TrainOptions
 from .recipes import Resolution, resolve_recipe
 
 __all__ = [
@@ -21,19 +21,18 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
-class ClassifyTrainArgs:
+class ClassifyTrainArgs(TrainOptions):
+    """``gmyolo classify train``: :class:`~gmyolo.engine.options.TrainOptions` with classification's defaults and
+    its own options."""
+
     data: str = ""  # folder holding train/ and val/ (or test/), each with one folder per class
     model: str = "groupmixformer-t"  # variant: groupmixformer-m, -t, -s, -b, -l
     weights: str | None = None  # the authors' ImageNet checkpoint or a gmyolo classifier to start from
     epochs: int = 30
     imgsz: int = 224
     batch: int = 64
-    device: str = ""
-    workers: int | None = None  # loader processes per GPU; None: min(8, CPU cores / GPUs, batch) as YOLOv5
     project: str = "runs/classify/train"
-    name: str = "exp"
-    exist_ok: bool = False
-    resume: str | None = None  # last.pt of an interrupted run, or 'last' for the newest under project
+    patience: int = 0  # stop after this many epochs without a better top-1 (0: never)
     # The recipe: 'imagenet' (the authors'), 'scratch' (small data, random weights) or 'auto': imagenet with
     # --weights or a batch >= 256, else scratch (recipes.py). None below: the recipe's value.
     recipe: str = "auto"
@@ -60,29 +59,17 @@ class ClassifyTrainArgs:
     std: list[float] | None = None
     ema: bool = False  # keep an EMA of the weights, validate and save it as the model
     ema_decay: float = 0.9998
-    amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on the CPU) | bf16 | fp16 | off
-    compile: str = "off"  # torch.compile the model for training: off | default | reduce-overhead | max-autotune
-    sync_bn: bool = False  # BatchNorm statistics over all GPUs (DDP)
-    tensorboard: bool = True  # also log to TensorBoard when it is installed
-    patience: int = 0  # stop after this many epochs without a better top-1 (0: never)
-    seed: int = 0
-    plots: bool = True
-    progress: bool = True
 
     def check(self) -> None:
         """Refuse bad values before any work; the recipe's values (resolved on a copy) are checked too."""
         if not self.data:
             raise ValueError("--data is required: a folder with train/ and val/ sub-folders of class folders")
-        for name in ("epochs", "imgsz", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        self.resolved()._check_values()
+        super().check()
+        self.resolved().check_recipe_values()
 
-    def _check_values(self) -> None:
-        check_workers(self.workers)
-        self.amp = amp_mode(self.amp)  # run files of gmyolo < 0.2 hold True/False
-        self.compile = compile_mode(self.compile)  # and compile: true|false
-        for name in ("patience", "warmup_epochs", "lr", "warmup_lr", "min_lr", "weight_decay", "clip_grad"):
+    def check_recipe_values(self) -> None:
+        """The checks of the values a recipe fills in (call on :meth:`resolved` args)."""
+        for name in ("warmup_epochs", "lr", "warmup_lr", "min_lr", "weight_decay", "clip_grad"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         for name in ("label_smoothing", "reprob", "mixup_prob", "mixup_switch_prob", "hflip", "ema_decay"):

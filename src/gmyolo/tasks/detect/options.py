@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...engine.options import amp_mode, check_workers, compile_mode
+from ...engine.options import TrainOptions
 
 __all__ = ["TrainArgs", "ValArgs", "PredictArgs", "ExportArgs", "EXPORT_FORMATS", "DEFAULT_OPSET"]
 
@@ -17,48 +17,35 @@ DEFAULT_OPSET = 17
 
 
 @dataclass
-class TrainArgs:
+class TrainArgs(TrainOptions):
+    """``gmyolo train``: :class:`~gmyolo.engine.options.TrainOptions` with detection's defaults and its own options."""
+
     data: str = "synth"  # dataset YAML, or 'synth' for the built-in synthetic dataset
     model: str = "yolo11n-gmf-nano"  # model YAML (packaged name or path); the quick start's anchor-free detector
     weights: str | None = None  # a gmyolo checkpoint to start from (weights copied where shapes fit)
-    backbone_weights: str | None = None  # the authors' GroupMixFormer checkpoint for the backbone
-    # Defaults: the quick start (`gmyolo train`: the nano detector on the synthetic data, ~8 CPU minutes).
+    # Defaults: the quick start (`gmyolo train`: the nano detector on the synthetic data, ~5 CPU minutes).
     epochs: int = 25
     imgsz: int = 160
     batch: int = 16
-    nbs: int = 16  # nominal batch: gradients accumulate over nbs/batch batches per step (YOLOv5: 64)
-    device: str = ""
-    workers: int | None = None  # loader processes per GPU; None: min(8, CPU cores / GPUs, batch) as YOLOv5
     project: str = "runs/train"
-    name: str = "exp"
-    exist_ok: bool = False
-    resume: str | None = None  # path of last.pt (or 'last' for the most recent run)
+    patience: int = 50  # early stop after this many epochs without a better fitness
+    backbone_weights: str | None = None  # the authors' GroupMixFormer checkpoint for the backbone
+    nbs: int = 16  # nominal batch: gradients accumulate over nbs/batch batches per step (YOLOv5: 64)
     optimizer: str = "auto"  # auto: AdamW for transformer backbones, SGD otherwise
     cos_lr: bool = False  # cosine instead of linear learning-rate decay
-    patience: int = 50  # early stop after this many epochs without a better fitness
     freeze: int = 0  # freeze the first N layers
     freeze_stages: int = 0  # freeze the stem and first N backbone stages (GroupMixFormer, Timm, TorchVision)
     close_mosaic: int = 5  # no mosaic for the last N epochs
-    seed: int = 0
-    amp: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on the CPU) | bf16 | fp16 | off
-    compile: str = "off"  # torch.compile the model for training: off | default | reduce-overhead | max-autotune
-    sync_bn: bool = False  # BatchNorm statistics over all GPUs (DDP)
     cache: bool = False  # keep decoded training images in RAM
     hyp: dict[str, float] | str = field(default_factory=dict)  # overrides, or a packaged set's name or a YAML path
     noautoanchor: bool = False  # keep the model's anchors even when they fit the labels badly
-    tensorboard: bool = True  # also log to TensorBoard when it is installed
     synth_dir: str = "datasets/synth"  # where 'synth' data is generated if missing
-    plots: bool = True
-    progress: bool = True
 
     def check(self) -> None:
-        for name in ("epochs", "imgsz", "batch", "nbs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
-        check_workers(self.workers)
-        self.amp = amp_mode(self.amp)  # run files of gmyolo < 0.2 hold True/False
-        self.compile = compile_mode(self.compile)  # and compile: true|false
-        for name in ("patience", "freeze", "freeze_stages", "close_mosaic"):
+        super().check()
+        if self.nbs < 1:
+            raise ValueError(f"--nbs must be a positive integer, got {self.nbs}")
+        for name in ("freeze", "freeze_stages", "close_mosaic"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(self, name)}")
         if self.optimizer.lower() not in ("auto", "sgd", "adamw"):
