@@ -9,27 +9,6 @@ from ..tasks.detect.options import TrainArgs
 from .common import add_plugin_argument, add_resume_argument, add_speed_arguments, args_as
 
 
-def parse_hyp(items: list[str]) -> dict[str, float]:
-    """--hyp [NAME|PATH] [KEY=VALUE ...]: a packaged set or YAML file (checked here), then overrides on top.
-
-    ['scratch-high', 'lr0=0.005'] -> the set's values with lr0 = 0.005; ['mosaic=0.5'] -> {'mosaic': 0.5}
-    (override keys are checked by the trainer).
-    """
-    from ..tasks.detect.hyp import load_hyp
-
-    items = list(items or [])
-    out = load_hyp(items.pop(0)) if items and "=" not in items[0] else {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--hyp takes one set name or YAML file first, then KEY=VALUE pairs; got {item!r}")
-        try:
-            out[key.strip()] = float(value)
-        except ValueError:
-            raise ValueError(f"--hyp {key}: {value!r} is not a number") from None
-    return out
-
-
 def add_parser(commands: argparse._SubParsersAction) -> None:
     d = TrainArgs()
     p = commands.add_parser("train", help="train a detector (default: GroupMixFormer detector on synthetic data)")
@@ -86,4 +65,4 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> dict:
     from ..tasks.detect.train import train
 
-    return train(args_as(TrainArgs, args, hyp=parse_hyp(args.hyp)))
+    return train(args_as(TrainArgs, args))  # --hyp's items go as they are: the run reads them (hyp.hyp_values)

@@ -219,9 +219,7 @@ class Trainer:
         saved = {k: v for k, v in self.ckpt["args"].items() if k in fields}
         # This machine's settings where the caller gave them; otherwise the run's own (its device, workers).
         defaults = type(args)()
-        keep = {
-            k: getattr(args, k) for k in MACHINE_OPTIONS if getattr(args, k) != getattr(defaults, k)
-        }
+        keep = {k: getattr(args, k) for k in MACHINE_OPTIONS if getattr(args, k) != getattr(defaults, k)}
         self.args = type(args)(**{**saved, **keep, "resume": str(last)})
         self.save_dir = last.parent.parent
         LOGGER.info("resuming %s from epoch %d", self.save_dir, self.ckpt["epoch"] + 2)

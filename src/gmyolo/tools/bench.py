@@ -374,7 +374,7 @@ def train_step_fn(
     g = torch.Generator().manual_seed(1)
     if isinstance(model, DetectionModel):
         head = model.detect
-        hyp = resolve_hyp(head=getattr(head, "hyp_section", "anchor_based"))
+        hyp = resolve_hyp(head=head.hyp_section)
         compute_loss = make_loss(head, loss_gains(hyp, head, model.nc, image_size(args, model)[0]))
         optimizer = build_optimizer(model, "auto", hyp, args.batch, 1, args.batch)
 

@@ -9,9 +9,16 @@ import torch
 import yaml
 
 from gmyolo.cli.main import main
-from gmyolo.cli.train import parse_hyp
 from gmyolo.data.synth import make_synthetic_dataset
-from gmyolo.tasks.detect.hyp import ANCHOR_FREE_LOSS, HYP_DEFAULTS, head_defaults, hyp_names, load_hyp, resolve_hyp
+from gmyolo.tasks.detect.hyp import (
+    ANCHOR_FREE_LOSS,
+    HYP_DEFAULTS,
+    head_defaults,
+    hyp_names,
+    hyp_values,
+    load_hyp,
+    resolve_hyp,
+)
 
 
 def test_packaged_sets_are_complete_and_scratch_low_is_the_default():
@@ -40,7 +47,7 @@ def test_anchor_free_heads_have_their_own_gains_and_cli_overrides_win():
         assert resolve_hyp(name, head="anchor_free")["box"] == 7.5, name
         assert resolve_hyp(name)["box"] < 0.1, name
     # `--hyp scratch-high box=5`: the override is outside the sections, so it wins for either head.
-    merged = parse_hyp(["scratch-high", "box=5", "anchor_free.dfl=2"])
+    merged = hyp_values(["scratch-high", "box=5", "anchor_free.dfl=2"])
     assert resolve_hyp(merged, head="anchor_free")["box"] == 5.0 and resolve_hyp(merged)["box"] == 5.0
     assert resolve_hyp(merged, head="anchor_free")["dfl"] == 2.0 and "dfl" not in resolve_hyp(merged)
     # A YOLOv5 hyp file (flat) used with an anchor-free head: its YOLOv5-only keys are ignored.
@@ -101,17 +108,17 @@ def test_user_file_sets_a_subset_and_bad_keys_name_the_file(tmp_path):
         resolve_hyp({"momentun": 0.9})
 
 
-def test_cli_parses_a_set_then_overrides(tmp_path):
-    assert parse_hyp([]) == {}
-    assert parse_hyp(["mosaic=0.5", "lr0=1e-3"]) == {"mosaic": 0.5, "lr0": 0.001}
-    assert parse_hyp(["scratch-high", "lr0=0.005"]) == {**load_hyp("scratch-high"), "lr0": 0.005}
+def test_command_line_items_a_set_then_overrides(tmp_path):
+    assert hyp_values([]) == {}
+    assert hyp_values(["mosaic=0.5", "lr0=1e-3"]) == {"mosaic": 0.5, "lr0": 0.001}
+    assert hyp_values(["scratch-high", "lr0=0.005"]) == {**load_hyp("scratch-high"), "lr0": 0.005}
     f = tmp_path / "h.yaml"
     f.write_text("scale: 0.25\n")
-    assert parse_hyp([str(f), "mixup=0.2"]) == {"scale": 0.25, "mixup": 0.2}
+    assert hyp_values([str(f), "mixup=0.2"]) == {"scale": 0.25, "mixup": 0.2}
     with pytest.raises(ValueError, match="one set name or YAML file first"):
-        parse_hyp(["scratch-high", "finetune"])
+        hyp_values(["scratch-high", "finetune"])
     with pytest.raises(ValueError, match="not a number"):
-        parse_hyp(["lr0=fast"])
+        hyp_values(["lr0=fast"])
 
 
 def test_run_saves_the_resolved_values_and_they_can_be_reused(tmp_path):
@@ -126,4 +133,4 @@ def test_run_saves_the_resolved_values_and_they_can_be_reused(tmp_path):
     ckpt = torch.load(run / "weights/last.pt", weights_only=True)
     assert ckpt["hyp_overrides"] == expected
     assert ckpt["hyp"]["cls"] == pytest.approx(expected["cls"] * 4 / 80)  # the gains the loss used
-    assert parse_hyp([str(run / "hyp.yaml")]) == expected  # `--hyp runs/train/exp/hyp.yaml` repeats the run
+    assert hyp_values([str(run / "hyp.yaml")]) == expected  # `--hyp runs/train/exp/hyp.yaml` repeats the run

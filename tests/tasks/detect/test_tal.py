@@ -12,7 +12,7 @@ import torch
 from gmyolo.models.yolo import DetectionModel
 from gmyolo.models.yolo.anchor_free import DFL, AnchorFreeDetect, bbox2dist, dist2bbox, make_anchor_points
 from gmyolo.tasks.detect.assigner import points_in_boxes, task_aligned_assign
-from gmyolo.tasks.detect.loss import loss_names, make_loss
+from gmyolo.tasks.detect.loss import make_loss
 from gmyolo.tasks.detect.loss_tal import AnchorFreeLoss, EndToEndLoss, dfl_loss, one_to_many_weight, padded_targets
 from gmyolo.tasks.detect.postprocess import postprocess
 
@@ -296,7 +296,7 @@ def test_end_to_end_loss_weights_and_schedule():
     assert one_to_many_weight(0, 1) == pytest.approx(0.8) and one_to_many_weight(5, 3) == pytest.approx(0.1)
     model = DetectionModel("yolo26n-gmf-nano", nc=2)
     loss = make_loss(model.detect, HYP)
-    assert isinstance(loss, EndToEndLoss) and loss_names(model.detect) == ("box_loss", "cls_loss", "l1_loss")
+    assert isinstance(loss, EndToEndLoss) and model.detect.loss_names == ("box_loss", "cls_loss", "l1_loss")
     raw = model.train()(torch.rand(2, 3, 64, 64))
     targets = torch.tensor([[0, 1, 0.5, 0.5, 0.4, 0.4]])
     many, _ = loss.one2many(raw["one2many"], targets)

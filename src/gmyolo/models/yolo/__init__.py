@@ -4,13 +4,13 @@ from ...errors import ModelConfigError
 from .anchor_free import AnchorFreeDetect
 from .builder import BackboneOutput, LayerRow, load_model_yaml, packaged_models, parse_model, resolve_model_path
 from .head import OUTPUT_FORMATS, Detect
-from .model import HEADS, DetectionModel
+from .model import DetectionModel, is_head
 from .registry import MODULES, register_module
 
 __all__ = [
     "AnchorFreeDetect",
     "BackboneOutput",
-    "HEADS",
+    "is_head",
     "OUTPUT_FORMATS",
     "Detect",
     "DetectionModel",

@@ -142,6 +142,15 @@ class AnchorFreeDetect(nn.Module):
     def output_format(self) -> str:
         return "xyxy_score_class" if self.end2end else "xywh_cls"
 
+    @property
+    def criterion(self) -> str:
+        """Task-aligned assignment with CIoU + DFL + BCE; end-to-end: with the one-to-one branch's dual loss."""
+        return "end2end" if self.end2end else "tal"
+
+    @property
+    def loss_names(self) -> tuple[str, str, str]:
+        return ("box_loss", "cls_loss", "dfl_loss" if self.reg_max > 1 else "l1_loss")
+
     def branches(self) -> list[tuple[nn.ModuleList, nn.ModuleList]]:
         pairs = [(self.cv2, self.cv3)] if self.cv2 is not None else []
         return pairs + ([(self.one2one_cv2, self.one2one_cv3)] if self.end2end else [])

@@ -1,7 +1,14 @@
 """The YOLOv5 detection head: one 1×1 conv per level, anchor-based box decoding in eval mode.
 
-Every detection head declares the layout of its decoded (eval-mode) output as ``output_format``, one of
-:data:`OUTPUT_FORMATS`; post-processing, validation, prediction and exported files follow it.
+Every detection head declares what training and evaluation need from it, so that the trainer, the validator,
+bench and export ask the head and never test its type:
+
+- ``output_format``: the layout of its decoded (eval-mode) output, one of :data:`OUTPUT_FORMATS`;
+  post-processing, validation's matching rule, prediction and exported files follow it;
+- ``criterion``: the name of the loss (with its target assignment) that trains it, a key of
+  :data:`gmyolo.tasks.detect.loss.CRITERIA`;
+- ``loss_names``: the items that loss returns, in order (results.csv's ``train/<name>`` and ``val/<name>``);
+- ``hyp_section``: the section of a hyper-parameter set that holds its loss's keys.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ class Detect(nn.Module):
 
     export = False  # when True, eval mode returns only the decoded tensor (for ONNX)
     output_format = YOLOV5_FORMAT
+    criterion = "yolov5"  # YOLOv5's loss: anchor-ratio assignment, CIoU, IoU-target objectness, BCE classes
+    loss_names = ("box_loss", "obj_loss", "cls_loss")
     hyp_section = "anchor_based"  # the loss and hyper-parameters it trains with
 
     def __init__(

@@ -15,9 +15,13 @@ from .anchor_free import AnchorFreeDetect
 from .builder import load_model_yaml, parse_model, run_layers
 from .head import Detect
 
-__all__ = ["DetectionModel", "HEADS"]
+__all__ = ["DetectionModel", "is_head"]
 
-HEADS = (Detect, AnchorFreeDetect)  # what a detector's last layer may be
+
+def is_head(module: nn.Module) -> bool:
+    """Whether ``module`` can end a detector: it declares its training contract (see :mod:`.head`)."""
+    return all(hasattr(module, name) for name in ("output_format", "criterion", "loss_names", "hyp_section"))
+
 
 LOGGER = logging.getLogger("gmyolo")
 
@@ -56,7 +60,7 @@ class DetectionModel(nn.Module):
         self.nc = d["nc"]
         self.names = {i: str(i) for i in range(self.nc)}
         head = self.model[-1]
-        if not isinstance(head, HEADS):
+        if not is_head(head):
             raise ModelConfigError(f"{d['_source']}: the last layer must be Detect, got {type(head).__name__}")
         head.initialize_biases()
 

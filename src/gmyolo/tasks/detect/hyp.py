@@ -18,7 +18,7 @@ import difflib
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,16 @@ import yaml
 from ...cfg import hyp_names, hyps_dir
 from ...data.augment import AUGMENT_DEFAULTS
 
-__all__ = ["HYP_DEFAULTS", "ANCHOR_FREE_LOSS", "HEAD_SECTIONS", "head_defaults", "hyp_names", "load_hyp", "resolve_hyp"]
+__all__ = [
+    "HYP_DEFAULTS",
+    "ANCHOR_FREE_LOSS",
+    "HEAD_SECTIONS",
+    "head_defaults",
+    "hyp_names",
+    "hyp_values",
+    "load_hyp",
+    "resolve_hyp",
+]
 
 LOGGER = logging.getLogger("gmyolo")
 
@@ -164,13 +173,35 @@ def load_hyp(source: str | os.PathLike) -> dict[str, float]:
     return check_hyp(values, str(path))
 
 
-def resolve_hyp(
-    overrides: Mapping[str, Any] | str | os.PathLike | None = None, head: str = "anchor_based", report: bool = False
-) -> dict[str, float]:
-    """Every hyper-parameter of ``head``: its defaults, updated by ``overrides`` (a mapping, or a set's name or
-    YAML path): first the head's section, then the keys outside sections. Loss keys of the other head are
-    ignored (``report``: say so)."""
-    values = load_hyp(overrides) if isinstance(overrides, (str, os.PathLike)) else check_hyp(overrides or {}, "--hyp")
+HypSource = Mapping[str, Any] | str | os.PathLike | Sequence[str] | None
+
+
+def hyp_values(source: HypSource) -> dict[str, float]:
+    """The values a ``--hyp`` source sets (checked, not merged with defaults): a mapping; a packaged set's name or a
+    YAML path; or the command line's items, ``[NAME|PATH] [KEY=VALUE ...]``: a set or file first, then overrides on
+    top (['scratch-high', 'lr0=0.005'] -> the set's values with lr0 = 0.005)."""
+    if isinstance(source, (str, os.PathLike)):
+        return load_hyp(source)
+    if source is None or isinstance(source, Mapping):
+        return check_hyp(source or {}, "--hyp")
+    items = list(source)
+    out = load_hyp(items.pop(0)) if items and "=" not in items[0] else {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--hyp takes one set name or YAML file first, then KEY=VALUE pairs; got {item!r}")
+        try:
+            out[key.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"--hyp {key}: {value!r} is not a number") from None
+    return check_hyp(out, "--hyp")
+
+
+def resolve_hyp(source: HypSource = None, head: str = "anchor_based", report: bool = False) -> dict[str, float]:
+    """Every hyper-parameter of ``head``: its defaults, updated by ``source`` (see :func:`hyp_values`): first the
+    head's section, then the keys outside sections. Loss keys of the other head are ignored (``report``: say so).
+    Training resolves them once, when the model (and so its head's ``hyp_section``) exists."""
+    values = hyp_values(source)
     out = head_defaults(head)
     prefix = f"{head}."
     out.update({k[len(prefix) :]: v for k, v in values.items() if k.startswith(prefix)})

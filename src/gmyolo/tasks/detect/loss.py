@@ -1,5 +1,6 @@
 """YOLOv5's detection loss: anchor assignment, CIoU box loss, IoU-target objectness, BCE classes; and
-:func:`make_loss`, which gives every head its own loss (the anchor-free heads': :mod:`.loss_tal`).
+:func:`make_loss`, which gives every head the loss it declares (its ``criterion``, a key of :data:`CRITERIA`;
+the anchor-free heads' losses: :mod:`.loss_tal`).
 
 Targets are M×6 rows ``[image index, class, cx, cy, w, h]`` normalised to the input size. A target
 is assigned to every anchor whose width and height ratios to it are below ``anchor_t`` (4.0), in the
@@ -19,7 +20,7 @@ from ...models.yolo.anchor_free import AnchorFreeDetect
 from ...models.yolo.head import Detect
 from .loss_tal import AnchorFreeLoss, EndToEndLoss
 
-__all__ = ["ComputeLoss", "LEVEL_BALANCE", "scale_loss_gains", "loss_gains", "make_loss", "loss_names"]
+__all__ = ["ComputeLoss", "CRITERIA", "LEVEL_BALANCE", "criterion_of", "scale_loss_gains", "loss_gains", "make_loss"]
 
 # Objectness loss weight per level (P3, P4, P5 and the P3..P7 set of YOLOv5).
 LEVEL_BALANCE = {3: [4.0, 1.0, 0.4]}
@@ -37,27 +38,27 @@ def scale_loss_gains(hyp: Mapping[str, float], nc: int, nl: int, imgsz: int) -> 
     return hyp
 
 
+def criterion_of(detect: Detect | AnchorFreeDetect) -> type:
+    """The loss class a head declares (its ``criterion``: a key of :data:`CRITERIA`)."""
+    try:
+        return CRITERIA[detect.criterion]
+    except KeyError:
+        known = ", ".join(CRITERIA)
+        name = type(detect).__name__
+        raise ValueError(f"{name} trains with {detect.criterion!r}, a loss gmyolo lacks ({known})") from None
+
+
 def loss_gains(hyp: Mapping[str, float], detect: Detect | AnchorFreeDetect, nc: int, imgsz: int) -> dict[str, float]:
-    """The gains a head's loss uses: YOLOv5's scaled to the model and data (:func:`scale_loss_gains`); the
+    """The gains ``detect``'s loss uses: YOLOv5's scaled to the model and data (:func:`scale_loss_gains`); the
     anchor-free heads' as they are (their losses are normalised by the assigned targets instead)."""
-    if isinstance(detect, AnchorFreeDetect):
-        return dict(hyp)
-    return scale_loss_gains(hyp, nc, detect.nl, imgsz)
+    return criterion_of(detect).gains(hyp, detect, nc, imgsz)
 
 
 def make_loss(detect: Detect | AnchorFreeDetect, hyp: Mapping[str, float], distributed: bool = False):
-    """The loss of ``detect``'s kind: :class:`ComputeLoss` (YOLOv5), :class:`~.loss_tal.AnchorFreeLoss`, or
-    :class:`~.loss_tal.EndToEndLoss` (end-to-end heads). Each is called as ``loss(raw, targets)``."""
-    if isinstance(detect, AnchorFreeDetect):
-        return EndToEndLoss(detect, hyp, distributed) if detect.end2end else AnchorFreeLoss(detect, hyp, distributed)
-    return ComputeLoss(detect, hyp, distributed)
-
-
-def loss_names(detect: Detect | AnchorFreeDetect) -> tuple[str, str, str]:
-    """The names of the three loss items (results.csv columns ``train/<name>`` and ``val/<name>``)."""
-    if isinstance(detect, AnchorFreeDetect):
-        return ("box_loss", "cls_loss", "dfl_loss" if detect.reg_max > 1 else "l1_loss")
-    return ("box_loss", "obj_loss", "cls_loss")
+    """The loss ``detect`` declares (:class:`ComputeLoss`, :class:`~.loss_tal.AnchorFreeLoss` or
+    :class:`~.loss_tal.EndToEndLoss`), called as ``loss(raw, targets) -> (total, items)`` with the items of
+    ``detect.loss_names``."""
+    return criterion_of(detect)(detect, hyp, distributed)
 
 
 class ComputeLoss:
@@ -84,6 +85,11 @@ class ComputeLoss:
         self.balance = LEVEL_BALANCE.get(detect.nl, DEFAULT_BALANCE)
         self.na, self.nc, self.nl = detect.na, detect.nc, detect.nl
         self.anchors = detect.anchors  # nl×na×2, in grid units of each level
+
+    @staticmethod
+    def gains(hyp: Mapping[str, float], detect: Detect, nc: int, imgsz: int) -> dict[str, float]:
+        """YOLOv5's gains, tuned for 80 classes, 3 levels and 640 pixels, scaled to the model and data."""
+        return scale_loss_gains(hyp, nc, detect.nl, imgsz)
 
     def __call__(self, preds: list[torch.Tensor], targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         device = targets.device
@@ -152,3 +158,8 @@ class ComputeLoss:
             anch.append(anchors[a])
             tcls.append(c)
         return tcls, tbox, indices, anch
+
+
+# The losses heads declare by name (``criterion``): each is built as ``cls(head, hyp, distributed)`` and scales its
+# gains with ``cls.gains(hyp, head, nc, imgsz)``.
+CRITERIA: dict[str, type] = {"yolov5": ComputeLoss, "tal": AnchorFreeLoss, "end2end": EndToEndLoss}

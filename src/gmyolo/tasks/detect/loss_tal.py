@@ -101,6 +101,11 @@ class AnchorFreeLoss:
         self.min_side = self.strides[1] if len(self.strides) > 1 else self.strides[0]
         self.names = ("box_loss", "cls_loss", "dfl_loss" if self.reg_max > 1 else "l1_loss")
 
+    @staticmethod
+    def gains(hyp: Mapping[str, float], detect: AnchorFreeDetect, nc: int, imgsz: int) -> dict[str, float]:
+        """The gains as given: the losses are normalised by the assigned targets, not by classes or pixels."""
+        return dict(hyp)
+
     def side_distances(self, boxes: torch.Tensor) -> torch.Tensor:
         """B×N×4·reg_max box outputs -> B×N×4 side distances in grid units (the distributions' means)."""
         if self.reg_max == 1:
@@ -173,6 +178,8 @@ class EndToEndLoss:
         self.start, self.final = hyp.get("o2m", 0.8), hyp.get("o2m_final", 0.1)
         self.names = self.one2one.names
         self.o2m = self.start
+
+    gains = AnchorFreeLoss.gains
 
     def set_epoch(self, epoch: int, epochs: int) -> None:
         self.o2m = one_to_many_weight(epoch, epochs, self.start, self.final)

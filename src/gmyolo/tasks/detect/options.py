@@ -37,7 +37,8 @@ class TrainArgs(TrainOptions):
     freeze_stages: int = 0  # freeze the stem and first N backbone stages (GroupMixFormer, Timm, TorchVision)
     close_mosaic: int = 5  # no mosaic for the last N epochs
     cache: bool = False  # keep decoded training images in RAM
-    hyp: dict[str, float] | str = field(default_factory=dict)  # overrides, or a packaged set's name or a YAML path
+    # Overrides, a packaged set's name or a YAML path, or the command line's items: [NAME|PATH] KEY=VALUE ...
+    hyp: dict[str, float] | str | list[str] = field(default_factory=dict)
     noautoanchor: bool = False  # keep the model's anchors even when they fit the labels badly
     synth_dir: str = "datasets/synth"  # where 'synth' data is generated if missing
 

@@ -34,7 +34,7 @@ from ...utils.files import atomic_write
 from .autoanchor import check_anchors
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .hyp import resolve_hyp
-from .loss import ComputeLoss, loss_gains, loss_names, make_loss  # noqa: F401 (tests patch ComputeLoss here)
+from .loss import ComputeLoss, loss_gains, make_loss  # noqa: F401 (tests patch ComputeLoss here)
 from .options import TrainArgs
 from .plots import PredictionPictures
 from .validator import format_table, save_validation_plots, validate
@@ -56,7 +56,7 @@ METRIC_COLUMNS = ("metrics/precision", "metrics/recall", "metrics/mAP_0.5", "met
 
 
 def csv_columns(losses=("box_loss", "obj_loss", "cls_loss")) -> list[str]:
-    """The columns of results.csv for a head whose loss items are ``losses`` (:func:`.loss.loss_names`)."""
+    """The columns of results.csv for a head whose loss items are ``losses`` (its ``loss_names``)."""
     return [
         "epoch",
         *(f"train/{n}" for n in losses),
@@ -83,7 +83,7 @@ class DetectionTrainer(Trainer):
 
     args_type = TrainArgs
     command = "gmyolo train"
-    loss_names = ("box_loss", "obj_loss", "cls_loss")  # the head's, once the model is built (loss.loss_names)
+    loss_names = ("box_loss", "obj_loss", "cls_loss")  # the head's own (``head.loss_names``) once the model is built
     diverged_hint = "Try a lower learning rate (--hyp lr0=...) or --no-amp."
 
     def __init__(self, args: TrainArgs):
@@ -94,10 +94,9 @@ class DetectionTrainer(Trainer):
         return load_checkpoint(path)
 
     def setup(self) -> None:
-        # All values, before the per-model gain scaling; a resumed run resolves them again. Bad keys fail here;
-        # build_model resolves them again for the model's head (its own loss keys).
+        # The hyper-parameters are resolved once, in build_model, for the model's head (its own loss keys); a resumed
+        # run resolves the values its checkpoint saved.
         self.hyp_source = self.ckpt["hyp_overrides"] if self.ckpt is not None else self.args.hyp
-        self.hyp_values = resolve_hyp(self.hyp_source)
         with main_process_first():  # rank 0 generates the synthetic data, once
             self.data = resolve_data(self.args)
 
@@ -125,10 +124,9 @@ class DetectionTrainer(Trainer):
         freeze_layers(model, args.freeze, args.freeze_stages)
         self.stride = int(model.stride.max())
         self.imgsz = stride_multiple(args.imgsz, self.stride)
-        head = model.detect
-        if head.hyp_section != "anchor_based":
-            self.hyp_values = resolve_hyp(self.hyp_source, head=head.hyp_section, report=True)
-        self.loss_names = loss_names(head)
+        head = model.detect  # what the head declares: its hyper-parameter section, loss and loss items
+        self.hyp_values = resolve_hyp(self.hyp_source, head=head.hyp_section, report=True)
+        self.loss_names = head.loss_names
         self.hyp = loss_gains(self.hyp_values, head, data.nc, self.imgsz)
         self.accumulate = max(round(args.nbs / args.batch), 1)
         self.clip_norm = self.hyp["grad_clip"]

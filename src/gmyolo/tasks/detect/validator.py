@@ -114,7 +114,8 @@ def validate(
     iouv = IOU_THRESHOLDS
     confusion = ConfusionMatrix(nc)
     stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    loss_sum, n_batches, n_images = torch.zeros(3), 0, 0
+    loss_sum: torch.Tensor | float = 0.0  # the loss items' sums (as many as the head's loss_names), with compute_loss
+    n_batches, n_images = 0, 0
     t_pre = t_inf = t_nms = 0.0
     instances = np.zeros(nc, np.int64)
     images_per_class = np.zeros(nc, np.int64)
@@ -174,7 +175,7 @@ def validate(
         images=n_images,
         instances=instances,
         images_per_class=images_per_class,
-        loss=(loss_sum / max(n_batches, 1)).numpy() if compute_loss is not None else None,
+        loss=(loss_sum / n_batches).numpy() if compute_loss is not None and n_batches else None,
         speed_ms={"preprocess": 1e3 * t_pre / n, "inference": 1e3 * t_inf / n, "nms": 1e3 * t_nms / n},
         confusion=confusion,
         predictions=predictions,
