@@ -270,3 +270,14 @@ def test_resume_of_a_run_with_a_pretrained_backbone(pretrained_run, tmp_path):
     assert resumed["epochs_trained"] == 2
     groups = torch.load(resumed["last"], weights_only=True)["optimizer"]["param_groups"]
     assert sorted(g["lr_scale"] for g in groups) == [HYP["backbone_lr_ratio"]] * 3 + [1.0] * 3
+
+
+def test_warmup_accumulation_rises_from_one_batch_as_in_yolov5():
+    # YOLOv5 7.0's train.py and Ultralytics: while ni <= nw, accumulate = max(1, round(interp(ni, [0, nw],
+    # [1, nbs / batch]))) (numpy rounds halves to even: 2.5 -> 2), and a step is taken once ni - last_step >= it.
+    trainer = trainer_module.DetectionTrainer(TrainArgs())
+    trainer.accumulate, trainer.warmup_iters = 4, 100
+    at = (0, 16, 17, 50, 51, 83, 84, 99, 100, 5000)
+    assert [trainer.batches_per_step(ni) for ni in at] == [1, 1, 2, 2, 3, 3, 4, 4, 4, 4]
+    trainer.warmup_iters = 0  # no warm-up: accumulate from the first batch
+    assert trainer.batches_per_step(0) == 4

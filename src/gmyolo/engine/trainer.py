@@ -106,7 +106,8 @@ class Trainer:
         self.ckpt: dict[str, Any] | None = None  # the checkpoint resumed from
         self.ema: nn.Module | None = None
         self.scheduler: Any = None
-        self.accumulate = 1  # batches per optimizer step
+        self.accumulate = 1  # batches per optimizer step (after the warm-up: see batches_per_step)
+        self.warmup_iters = 0  # batches of warm-up, during which the batches per step rise from 1 to accumulate
         self.clip_norm = 0.0  # max gradient norm (0: no clipping)
         self.tb = None
         self.precision = Precision("cpu")  # fp32 until run() resolves --amp on the device
@@ -431,6 +432,7 @@ class Trainer:
             bar_format="{l_bar}{bar:10}{r_bar}",
         )
         n_done = 0
+        last_step = nb * epoch - 1  # the batch of the last optimizer step (every epoch ends with one)
         for i, batch in self.training_steps(bar):
             ni = i + nb * epoch
             self.adjust_lr(ni, epoch)
@@ -454,7 +456,8 @@ class Trainer:
                 )
             with self.memory_hint(images):
                 scaler.scale(loss).backward()
-            if (ni + 1) % self.accumulate == 0 or i == nb - 1:
+            if ni - last_step >= self.batches_per_step(ni) or i == nb - 1:
+                last_step = ni
                 if self.clip_norm:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), max_norm=self.clip_norm)
@@ -473,6 +476,15 @@ class Trainer:
             self.on_batch_end(i, images, targets, paths)
         bar.close()
         return mean_loss.cpu()
+
+    def batches_per_step(self, ni: int) -> int:
+        """How many batches' gradients make the optimizer step taken at batch ``ni`` of the run: ``accumulate``,
+        rising from 1 over the warm-up as YOLOv5 and Ultralytics do (more, smaller steps while the learning rate
+        is low). Unlike theirs, gradients never carry over an epoch's end, so a resumed run steps as the
+        uninterrupted one did."""
+        if ni >= self.warmup_iters:
+            return self.accumulate
+        return max(1, round(float(np.interp(ni, [0, self.warmup_iters], [1, self.accumulate]))))
 
     def training_steps(self, batches: Any) -> Iterator[tuple[int, Any]]:
         """``enumerate(batches)``, each step run whole: Ctrl-C / SIGTERM during a step stops the run once the step
