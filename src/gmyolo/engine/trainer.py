@@ -14,7 +14,11 @@ A task (``gmyolo.tasks.detect.train``, ``gmyolo.tasks.classify.train``) subclass
 ``load_checkpoint``        read and check one of its checkpoints (resume)
 ``setup``                  what the model needs first (dataset config, hyper-parameters, classes)
 ``build_model``            the model (new, from weights, or from the resumed checkpoint)
+``configure``              what the built model decides: hyper-parameters, loss names, accumulation, clipping
 ``build_loaders``          the training and validation loaders
+``fit_to_data``            the model adapted to the training set once it is read (e.g. AutoAnchor)
+``build_criterion``        the loss the model trains with (and the one validation uses alone)
+``warmup_batches``         how many batches the warm-up lasts (the batches per step rise over it)
 ``build_optimizer``        the optimizer with its parameter groups (no decay: ``no_weight_decay()``)
 ``build_scheduler``        the learning-rate schedule; ``adjust_lr`` / ``step_epoch`` drive it
 ``build_ema``              an EMA of the weights (:func:`gmyolo.engine.ema.make_ema`) or None
@@ -108,6 +112,8 @@ class Trainer:
         self.scheduler: Any = None
         self.accumulate = 1  # batches per optimizer step (after the warm-up: see batches_per_step)
         self.warmup_iters = 0  # batches of warm-up, during which the batches per step rise from 1 to accumulate
+        self.criterion: Any = None  # the training loss (build_criterion)
+        self.val_criterion: Any = None  # validation's, on rank 0 alone
         self.clip_norm = 0.0  # max gradient norm (0: no clipping)
         self.tb = None
         self.precision = Precision("cpu")  # fp32 until run() resolves --amp on the device
@@ -126,8 +132,23 @@ class Trainer:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
+    def configure(self, model: nn.Module) -> None:
+        """What the built model decides for the run: hyper-parameters resolved for its head, ``loss_names``,
+        ``accumulate``, ``clip_norm``."""
+
     def build_loaders(self) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
         raise NotImplementedError
+
+    def fit_to_data(self) -> None:
+        """A new run, once the training set is read: adapt the model to it (YOLOv5's AutoAnchor)."""
+
+    def build_criterion(self, validation: bool = False) -> Any:
+        """The loss (``loss`` calls it). ``validation``: the one rank 0 uses alone, with no collectives."""
+        return None
+
+    def warmup_batches(self, batches_per_epoch: int) -> int:
+        """The warm-up's length in batches (0: none), over which :meth:`batches_per_step` rises to ``accumulate``."""
+        return 0
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         raise NotImplementedError
@@ -236,7 +257,13 @@ class Trainer:
         self.seed()
         self.setup()
         self.model = self.build_model().to(self.device)
+        self.configure(self.model)
         self.train_loader, self.val_loader = self.build_loaders()
+        if ckpt is None:  # a resumed run keeps what it was fitted with
+            self.fit_to_data()
+        self.criterion = self.build_criterion()
+        self.val_criterion = self.build_criterion(validation=True)
+        self.warmup_iters = self.warmup_batches(len(self.train_loader))
         self.optimizer = self.build_optimizer()
         self.scheduler = self.build_scheduler()
         self.ema = self.build_ema()

@@ -99,10 +99,13 @@ class ClassificationTrainer(Trainer):
             model = classifier_from_checkpoint(ckpt, use_ema=False, drop_path_rate=ckpt["drop_path_rate"])
         else:
             model = build_classifier(args.model, len(self.names), args.weights, args.drop_path)
+        return model
+
+    def configure(self, model: nn.Module) -> None:
+        args = self.args
         self.drop_path_rate = args.drop_path if args.drop_path is not None else drop_path_of(model)
         self.clip_norm = args.clip_grad
         self.lr_scale = args.batch / 512  # the authors' linear scaling rule
-        return model
 
     def build_loaders(self):
         args = self.args
@@ -122,8 +125,11 @@ class ClassificationTrainer(Trainer):
             self.val_set, args.batch, args.workers, pin_memory=self.device.type == "cuda"
         )
         self.mixup = make_mixup(args, len(self.names))
-        self.criterion = build_criterion(args)
         return train_loader, val_loader
+
+    def build_criterion(self, validation: bool = False) -> nn.Module | None:
+        # Validation scores accuracy (and its cross-entropy) itself.
+        return None if validation else build_criterion(self.args)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         return build_optimizer(self.model, self.args.lr * self.lr_scale, self.args.weight_decay)

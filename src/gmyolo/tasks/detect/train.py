@@ -122,15 +122,18 @@ class DetectionTrainer(Trainer):
                     b.load_pretrained(args.backbone_weights)
         model.names = dict(enumerate(data.names))
         freeze_layers(model, args.freeze, args.freeze_stages)
+        return model
+
+    def configure(self, model: DetectionModel) -> None:
+        args = self.args
         self.stride = int(model.stride.max())
         self.imgsz = stride_multiple(args.imgsz, self.stride)
         head = model.detect  # what the head declares: its hyper-parameter section, loss and loss items
         self.hyp_values = resolve_hyp(self.hyp_source, head=head.hyp_section, report=True)
         self.loss_names = head.loss_names
-        self.hyp = loss_gains(self.hyp_values, head, data.nc, self.imgsz)
+        self.hyp = loss_gains(self.hyp_values, head, self.data.nc, self.imgsz)
         self.accumulate = max(round(args.nbs / args.batch), 1)
         self.clip_norm = self.hyp["grad_clip"]
-        return model
 
     def build_loaders(self):
         args, hyp, data = self.args, self.hyp, self.data
@@ -146,14 +149,6 @@ class DetectionTrainer(Trainer):
                 cache_images=args.cache,
                 seed=args.seed,
             )
-        if self.ckpt is None and not args.noautoanchor:  # a resumed run keeps the anchors it was trained with
-            if hasattr(self.model.detect, "anchors"):
-                check_anchors(self.train_set.records, self.model, hyp["anchor_t"], self.imgsz, seed=args.seed)
-            else:
-                LOGGER.info(
-                    "AutoAnchor: does not apply to the anchor-free %s head (it has no anchors)",
-                    type(self.model.detect).__name__,
-                )
         with main_process_first():
             val_set, _ = create_dataset(
                 data, "val", self.imgsz, rect=True, batch_size=args.batch * 2, stride=self.stride
@@ -169,13 +164,28 @@ class DetectionTrainer(Trainer):
             pin_memory=pin,
         )
         val_loader = build_dataloader(val_set, args.batch * 2, args.workers, shuffle=False, pin_memory=pin)
-        self.compute_loss = make_loss(self.model.detect, hyp, distributed=get_world_size() > 1)
-        self.val_loss = make_loss(self.model.detect, hyp)  # rank 0 alone validates: no collectives
-        nb = len(train_loader)
-        total_iters = args.epochs * nb
-        warmup = hyp["warmup_epochs"]
-        self.warmup_iters = min(max(round(warmup * nb), 100), total_iters // 2) if warmup else 0
         return train_loader, val_loader
+
+    def fit_to_data(self) -> None:
+        if self.args.noautoanchor:
+            return
+        if hasattr(self.model.detect, "anchors"):
+            check_anchors(self.train_set.records, self.model, self.hyp["anchor_t"], self.imgsz, seed=self.args.seed)
+        else:
+            LOGGER.info(
+                "AutoAnchor: does not apply to the anchor-free %s head (it has no anchors)",
+                type(self.model.detect).__name__,
+            )
+
+    def build_criterion(self, validation: bool = False):
+        """The head's own loss (its ``criterion``), built after AutoAnchor has settled the anchors."""
+        return make_loss(self.model.detect, self.hyp, distributed=not validation and get_world_size() > 1)
+
+    def warmup_batches(self, batches_per_epoch: int) -> int:
+        """YOLOv5's: warmup_epochs of batches, at least 100, and at most half the run."""
+        warmup = self.hyp["warmup_epochs"]
+        total = self.args.epochs * batches_per_epoch
+        return min(max(round(warmup * batches_per_epoch), 100), total // 2) if warmup else 0
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         return build_optimizer(
@@ -222,7 +232,7 @@ class DetectionTrainer(Trainer):
             LOGGER.info("closing mosaic for the last %d epochs", args.epochs - epoch)
         if args.close_mosaic and epoch >= args.epochs - args.close_mosaic:
             self.train_set.close_mosaic()
-        for loss in (self.compute_loss, self.val_loss):  # end-to-end heads: this epoch's one-to-many weight
+        for loss in (self.criterion, self.val_criterion):  # end-to-end heads: this epoch's one-to-many weight
             if hasattr(loss, "set_epoch"):
                 loss.set_epoch(epoch, args.epochs)
 
@@ -249,7 +259,7 @@ class DetectionTrainer(Trainer):
         self.scheduler.step()
 
     def loss(self, preds, targets):
-        return self.compute_loss(preds, targets)
+        return self.criterion(preds, targets)
 
     def progress_text(self, mean_loss, images, targets) -> str:
         losses = " ".join(f"{n.removesuffix('_loss')} {v:.4f}" for n, v in zip(self.loss_names, mean_loss.tolist()))
@@ -273,7 +283,7 @@ class DetectionTrainer(Trainer):
             self.val_loader,
             self.data.names,
             self.device,
-            compute_loss=self.val_loss,
+            compute_loss=self.val_criterion,
             progress=self.args.progress,
         )
         m = r.metrics
