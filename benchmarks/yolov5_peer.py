@@ -92,11 +92,11 @@ def gmyolo_step(
 ):
     from gmyolo.engine.precision import resolve_precision
     from gmyolo.models.yolo import DetectionModel
-    from gmyolo.tools.bench import BenchArgs, train_step_fn
+    from gmyolo.tools.bench import BenchArgs, Detector, train_step_fn
 
     args = BenchArgs(model="yolov5s", imgsz=imgsz, batch=batch, amp=amp, channels_last=nhwc)
     model = DetectionModel("yolov5s", nc=80)
-    step, _, trained = train_step_fn(model, args, device, resolve_precision(amp, device))
+    step, _, trained = train_step_fn(Detector(model), args, device, resolve_precision(amp, device))
     return (lambda: step(x, targets)), sum(p.numel() for p in trained.parameters())
 
 

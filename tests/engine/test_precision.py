@@ -14,7 +14,7 @@ from gmyolo.engine.precision import Precision, compile_backend, resolve_precisio
 from gmyolo.models.yolo import DetectionModel
 from gmyolo.tasks.detect.options import TrainArgs
 from gmyolo.tasks.detect.train import train
-from gmyolo.tools.bench import BenchArgs, synthetic_targets, train_step_fn
+from gmyolo.tools.bench import BenchArgs, Detector, synthetic_targets, train_step_fn
 
 CPU = torch.device("cpu")
 RUN = dict(
@@ -62,7 +62,7 @@ def test_bf16_autocast_steps_lower_the_loss():
     torch.manual_seed(0)
     args = BenchArgs(model="yolov5n-gmf-nano", imgsz=64, batch=4, amp="bf16")
     model = DetectionModel("yolov5n-gmf-nano")
-    step, _, trained = train_step_fn(model, args, CPU, resolve_precision("bf16", CPU))
+    step, _, trained = train_step_fn(Detector(model), args, CPU, resolve_precision("bf16", CPU))
     g = torch.Generator().manual_seed(0)
     x, targets = torch.rand(4, 3, 64, 64, generator=g), synthetic_targets(4, model.nc, g)
     losses = [step(x, targets).item() for _ in range(8)]

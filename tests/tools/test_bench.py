@@ -11,7 +11,7 @@ from gmyolo.tools.bench import (
     BenchArgs,
     balance,
     bench_train_step,
-    build_model,
+    build_subject,
     format_report,
     run_bench,
     summarize,
@@ -101,8 +101,8 @@ def test_default_workers_are_the_trainers():
 def test_grad_checkpointing_keeps_fewer_activations():
     torch.set_num_threads(1)  # as run_bench does for threads=1 (this calls one of its parts directly)
     base = BenchArgs(model="groupmixformer-m", imgsz=64, batch=2, threads=1, repeats=1, warmup=0, features=True)
-    model = build_model(base)
-    plain = bench_train_step(model, base, torch.device("cpu"))
-    ckpt = bench_train_step(model, dataclasses.replace(base, grad_checkpointing=True), torch.device("cpu"))
+    subject = build_subject(base)
+    plain = bench_train_step(subject, base, torch.device("cpu"))
+    ckpt = bench_train_step(subject, dataclasses.replace(base, grad_checkpointing=True), torch.device("cpu"))
     assert ckpt["grad_checkpointing"] and not plain["grad_checkpointing"]
     assert ckpt["saved_activations_mb"] < 0.3 * plain["saved_activations_mb"]

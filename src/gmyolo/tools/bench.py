@@ -108,15 +108,79 @@ def summarize(seconds: list[float], images: int = 1) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------------
 # Models and modes
 # --------------------------------------------------------------------------------------------------
-def build_model(args: BenchArgs) -> nn.Module:
-    """A GroupMixFormer (classifier, or features mode) or a detector (YAML or checkpoint), in eval mode on CPU."""
+class Detector:
+    """A detector as the bench times it: the training step takes its head's own loss (the head's ``criterion`` and
+    hyper-parameter section, as ``gmyolo train`` does); predict end to end and the data pipeline apply."""
+
+    kind = "detector"
+    pipeline = True  # `gmyolo predict` end to end and the training data pipeline
+
+    def __init__(self, model: DetectionModel):
+        self.model = model
+        self.num_classes = model.nc
+
+    def image_size(self, imgsz: int | None) -> tuple[int, int]:
+        """``imgsz`` (default 640) rounded up to the model's stride."""
+        stride = int(self.model.stride.max())
+        size = -(-(imgsz or 640) // stride) * stride
+        return size, size
+
+    def targets(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        return synthetic_targets(batch, self.num_classes, generator)
+
+    def training(self, model: DetectionModel, batch: int, size: int) -> tuple[Callable[[Any, Any], torch.Tensor], Any]:
+        """(loss of the model's output and the targets, the optimizer ``gmyolo train`` would build at this batch)."""
+        head = model.detect
+        hyp = resolve_hyp(head=head.hyp_section)
+        criterion = make_loss(head, loss_gains(hyp, head, self.num_classes, size))
+        optimizer = build_optimizer(model, "auto", hyp, batch, 1, batch)
+        return (lambda out, targets: criterion(to_float32(out), targets)[0]), optimizer
+
+    def exported(self, net: DetectionModel) -> DetectionModel:
+        net.detect.export = True  # the decoded tensor only, as `gmyolo export` writes it
+        return net
+
+
+class Classifier:
+    """A GroupMixFormer classifier (cross-entropy on random labels) or, with ``--features``, its feature pyramid
+    (the sum of the maps' means as the loss): AdamW at 1e-4."""
+
+    pipeline = False
+
+    def __init__(self, model: GroupMixFormer):
+        self.model = model
+        self.kind = "backbone" if model.features_only else "classifier"
+        self.num_classes = max(model.num_classes, 1)
+
+    def image_size(self, imgsz: int | None) -> tuple[int, int]:
+        return imgsz or 224, imgsz or 224
+
+    def targets(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randint(0, self.num_classes, (batch,), generator=generator)
+
+    def training(self, model: GroupMixFormer, batch: int, size: int) -> tuple[Callable[[Any, Any], torch.Tensor], Any]:
+        def loss(out: Any, labels: torch.Tensor) -> torch.Tensor:
+            out = to_float32(out)
+            if self.kind == "backbone":  # the feature maps
+                return torch.stack([m.mean() for m in out]).sum()
+            return nn.functional.cross_entropy(out, labels[: len(out)])
+
+        return loss, torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def exported(self, net: GroupMixFormer) -> GroupMixFormer:
+        return net
+
+
+def build_subject(args: BenchArgs) -> Detector | Classifier:
+    """The model ``--model`` names, in eval mode on CPU: a GroupMixFormer variant (classifier, or its features with
+    ``--features``), or a detector (YAML or checkpoint)."""
     if is_variant_name(args.model):
-        return groupmixformer(variant_name(args.model), features_only=args.features).eval()
+        return Classifier(groupmixformer(variant_name(args.model), features_only=args.features).eval())
     if args.model.endswith((".pt", ".pth")):
         from ..tasks.detect.checkpoint import load_checkpoint, model_from_checkpoint
 
-        return model_from_checkpoint(load_checkpoint(args.model)).eval()
-    return DetectionModel(args.model).eval()
+        return Detector(model_from_checkpoint(load_checkpoint(args.model)).eval())
+    return Detector(DetectionModel(args.model).eval())
 
 
 def first_tensor(out: Any) -> torch.Tensor:
@@ -213,7 +277,11 @@ def default_modes(device: torch.device) -> list[str]:
 
 
 def inference_modes(
-    model: nn.Module, args: BenchArgs, device: torch.device, workdir: Path, precision: Precision | None = None
+    subject: Detector | Classifier,
+    args: BenchArgs,
+    device: torch.device,
+    workdir: Path,
+    precision: Precision | None = None,
 ) -> tuple[dict[str, Callable[[torch.Tensor], Any]], dict[str, str]]:
     """The forward function of each mode, and why the modes that do not run were skipped.
 
@@ -228,7 +296,7 @@ def inference_modes(
         skipped.update({m: why for m, why in NOT_BY_DEFAULT.items() if m not in wanted})
         if device.type != "cuda":
             skipped["cuda-graph"] = "CUDA only"
-    eager = model.to(device).eval()
+    eager = subject.model.to(device).eval()
     fused = copy.deepcopy(eager).fuse()
     for mode in wanted:
         if mode == "literal":
@@ -259,10 +327,8 @@ def inference_modes(
             if device.type == "cuda" and "CUDAExecutionProvider" not in onnxruntime_providers():
                 skipped[mode] = "this onnxruntime has no CUDA provider"
                 continue
-            net = copy.deepcopy(fused).cpu()
-            if isinstance(net, DetectionModel):
-                net.detect.export = True  # the decoded tensor only, as `gmyolo export` writes it
-            example = torch.rand(1, 3, *image_size(args, model), generator=torch.Generator().manual_seed(0))
+            net = subject.exported(copy.deepcopy(fused).cpu())
+            example = torch.rand(1, 3, *subject.image_size(args.imgsz), generator=torch.Generator().manual_seed(0))
             try:
                 runs[mode] = onnx_session(net, example, workdir, torch.get_num_threads(), device)
             except Exception as e:  # an exporter or ORT failure is a result to report, not a crash
@@ -273,22 +339,18 @@ def inference_modes(
     return runs, skipped
 
 
-def image_size(args: BenchArgs, model: nn.Module) -> tuple[int, int]:
-    size = args.imgsz or (224 if isinstance(model, GroupMixFormer) else 640)
-    if isinstance(model, DetectionModel):
-        stride = int(model.stride.max())
-        size = -(-size // stride) * stride
-    return size, size
-
-
 def bench_inference(
-    model: nn.Module, args: BenchArgs, device: torch.device, workdir: Path, precision: Precision | None = None
+    subject: Detector | Classifier,
+    args: BenchArgs,
+    device: torch.device,
+    workdir: Path,
+    precision: Precision | None = None,
 ) -> dict[str, Any]:
     """Latency at batch 1 and throughput at ``--infer-batch`` (default ``--batch``) for each mode; speed-ups and
     max |output - eager|."""
     precision = precision or Precision(device.type)
-    runs, skipped = inference_modes(model, args, device, workdir, precision)
-    h, w = image_size(args, model)
+    runs, skipped = inference_modes(subject, args, device, workdir, precision)
+    h, w = subject.image_size(args.imgsz)
     rows = []
     with torch.inference_mode():
         for batch in sorted({1, args.infer_batch or args.batch}):
@@ -358,42 +420,27 @@ def saved_activation_bytes(step: Callable[[], torch.Tensor]) -> int:
 
 
 def train_step_fn(
-    model: nn.Module, args: BenchArgs, device: torch.device, precision: Precision
-) -> tuple[Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], torch.optim.Optimizer, nn.Module]:
-    """One training step as ``gmyolo train`` runs it, on a copy of ``model``: ``step(images, targets)`` runs the
-    forward under ``precision``'s autocast (compiled with ``--compile``), the loss in fp32, backward (scaled for
-    fp16), clipping and the optimizer; returns the loss. ``targets`` None: a classifier's random labels."""
-    model = copy.deepcopy(model).to(device).train()
+    subject: Detector | Classifier, args: BenchArgs, device: torch.device, precision: Precision
+) -> tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], torch.optim.Optimizer, nn.Module]:
+    """One training step as ``gmyolo train`` runs it, on a copy of the subject's model: ``step(images, targets)``
+    runs the forward under ``precision``'s autocast (compiled with ``--compile``), the subject's loss in fp32,
+    backward (scaled for fp16), clipping and the optimizer; returns the loss."""
+    model = copy.deepcopy(subject.model).to(device).train()
     layout = torch.channels_last if args.channels_last else torch.contiguous_format
     model = model.to(memory_format=layout)
     for m in model.modules():
-        if isinstance(m, GroupMixFormer):
+        if hasattr(m, "set_grad_checkpointing"):  # GroupMixFormer, timm backbones
             m.set_grad_checkpointing(args.grad_checkpointing)
     forward = compile_model(model, device, args.compile)
     scaler = precision.scaler()
-    g = torch.Generator().manual_seed(1)
-    if isinstance(model, DetectionModel):
-        head = model.detect
-        hyp = resolve_hyp(head=head.hyp_section)
-        compute_loss = make_loss(head, loss_gains(hyp, head, model.nc, image_size(args, model)[0]))
-        optimizer = build_optimizer(model, "auto", hyp, args.batch, 1, args.batch)
+    criterion, optimizer = subject.training(model, args.batch, subject.image_size(args.imgsz)[0])
 
-        def loss_fn(x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-            with precision.autocast():
-                out = forward(x)
-            return compute_loss(to_float32(out), targets)[0]
-    else:
-        labels = torch.randint(0, max(model.num_classes, 1), (args.batch,), generator=g).to(device)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    def loss_fn(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        with precision.autocast():
+            out = forward(x)
+        return criterion(out, targets)
 
-        def loss_fn(x: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-            with precision.autocast():
-                out = to_float32(forward(x))
-            if isinstance(out, list):
-                return torch.stack([m.mean() for m in out]).sum()
-            return nn.functional.cross_entropy(out, labels[: len(x)])
-
-    def step(x: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    def step(x: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(x.contiguous(memory_format=layout), targets)
         scaler.scale(loss).backward()
@@ -408,15 +455,15 @@ def train_step_fn(
 
 
 def bench_train_step(
-    model: nn.Module, args: BenchArgs, device: torch.device, precision: Precision | None = None
+    subject: Detector | Classifier, args: BenchArgs, device: torch.device, precision: Precision | None = None
 ) -> dict[str, Any]:
     """Forward, loss, backward, gradient clipping and optimizer step at ``args.batch`` on random data."""
     precision = precision or Precision(device.type)
     g = torch.Generator().manual_seed(0)
-    h, w = image_size(args, model)
+    h, w = subject.image_size(args.imgsz)
     x = torch.rand(args.batch, 3, h, w, generator=g).to(device)
-    targets = synthetic_targets(args.batch, model.nc, g).to(device) if isinstance(model, DetectionModel) else None
-    step, optimizer, trained = train_step_fn(model, args, device, precision)
+    targets = subject.targets(args.batch, g).to(device)
+    step, optimizer, trained = train_step_fn(subject, args, device, precision)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -434,8 +481,8 @@ def bench_train_step(
     result["compile"] = args.compile
     result["channels_last"] = args.channels_last
     result["autotune"] = args.autotune and device.type == "cuda"
-    gmf = any(isinstance(m, GroupMixFormer) for m in trained.modules())
-    result["grad_checkpointing"] = bool(args.grad_checkpointing and gmf)
+    can = any(hasattr(m, "set_grad_checkpointing") for m in trained.modules())
+    result["grad_checkpointing"] = bool(args.grad_checkpointing and can)
     if device.type == "cuda":  # the peak of the timed steps, before the activation count below
         result["cuda_max_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     if args.compile == "off":  # saved-tensor hooks are eager-mode machinery
@@ -461,14 +508,15 @@ def test_image(path: Path, width: int = 1080, height: int = 810) -> Path:
     return path
 
 
-def bench_predict(model: DetectionModel, args: BenchArgs, device: torch.device, workdir: Path) -> dict[str, Any]:
+def bench_predict(subject: Detector, args: BenchArgs, device: torch.device, workdir: Path) -> dict[str, Any]:
     """`gmyolo predict` on one 1080×810 JPEG: decode, letterbox, fused model, NMS; time of each part."""
     from ..data.sources import read_image
     from ..tasks.detect.backends import TorchBackend
     from ..tasks.detect.predict import PredictArgs, Predictor
 
+    model = subject.model
     backend = TorchBackend(copy.deepcopy(model), device, {"stride": int(model.stride.max())})
-    predictor = Predictor(backend, PredictArgs(imgsz=image_size(args, model)[0]))
+    predictor = Predictor(backend, PredictArgs(imgsz=subject.image_size(args.imgsz)[0]))
     path = test_image(workdir / "image.jpg")
     parts: dict[str, list[float]] = {"decode": [], "preprocess": [], "inference": [], "nms": [], "total": []}
     for i in range(args.warmup + args.repeats):
@@ -585,7 +633,7 @@ def data_pipeline_rates(
 
 
 def bench_data(
-    model: DetectionModel,
+    subject: Detector,
     args: BenchArgs,
     device: torch.device,
     workdir: Path,
@@ -596,7 +644,7 @@ def bench_data(
     ``gmyolo train`` picks): in this process, through the loader, and (with the training step) training
     fed by that loader; the balance between them. One round of each: a rate, not its spread (a loader's start
     and a batch of mosaics at 640 px take seconds each; ``benchmarks/data_pipeline.py`` measures the spread)."""
-    h, _ = image_size(args, model)
+    h, _ = subject.image_size(args.imgsz)
     yaml_file = make_synthetic_dataset(workdir / "synth", seed=0, n_train=32, n_val=4, imgsz=h)
     workers = default_workers(args.batch) if args.workers is None else args.workers
     result = data_pipeline_rates(yaml_file, h, args.batch, [workers], samples=args.batch, repeats=1)
@@ -608,7 +656,7 @@ def bench_data(
     if train_rate is not None:
         data = load_dataset_config(yaml_file)
         ds, _ = create_dataset(data, "train", h, augment=True, hyp={"mosaic": 1.0})
-        step, _, _ = train_step_fn(model, args, device, precision)
+        step, _, _ = train_step_fn(subject, args, device, precision)
 
         def train_on(batch: Any) -> None:
             images, targets = batch[0], batch[1]
@@ -688,11 +736,12 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     precision = resolve_precision(args.amp, device)
-    model = build_model(args)
-    h, w = image_size(args, model)
+    subject = build_subject(args)
+    model = subject.model
+    h, w = subject.image_size(args.imgsz)
     report: dict[str, Any] = {
         "model": args.model,
-        "kind": "detector" if isinstance(model, DetectionModel) else "backbone" if args.features else "classifier",
+        "kind": subject.kind,
         "environment": dataclasses.asdict(environment(device)),
         "repeats": args.repeats,
         "warmup": args.warmup,
@@ -706,18 +755,18 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         LOGGER.info("bench %s: %s", args.model, ops_line(report["ops"]))
     with tempfile.TemporaryDirectory(prefix="gmyolo-bench-") as tmp:
         workdir = Path(tmp)
-        report["inference"] = bench_inference(model, args, device, workdir, precision)
+        report["inference"] = bench_inference(subject, args, device, workdir, precision)
         LOGGER.info("bench %s: inference (%d threads, %s, %s)\n%s", args.model, torch.get_num_threads(), device,
                     precision.name, "\n".join(inference_lines(report["inference"])))  # fmt: skip
         if args.train:
-            report["train"] = bench_train_step(model, args, device, precision)
+            report["train"] = bench_train_step(subject, args, device, precision)
             LOGGER.info("bench %s: %s", args.model, train_line(report["train"]))
-        if args.predict and isinstance(model, DetectionModel):
-            report["predict"] = bench_predict(model, args, device, workdir)
+        if args.predict and subject.pipeline:
+            report["predict"] = bench_predict(subject, args, device, workdir)
             LOGGER.info("bench %s: %s", args.model, predict_line(report["predict"]))
-        if args.data and isinstance(model, DetectionModel):
+        if args.data and subject.pipeline:
             train_rate = report["train"]["images_per_s"] if "train" in report else None
-            report["data"] = bench_data(model, args, device, workdir, precision, train_rate)
+            report["data"] = bench_data(subject, args, device, workdir, precision, train_rate)
             LOGGER.info("bench %s: %s", args.model, " ".join(data_lines(report["data"])))
     return report
 
