@@ -13,7 +13,6 @@ from ...data.dataset import build_dataloader, create_dataset
 from ...engine.device import select_device
 from ...engine.precision import compile_backend
 from ...engine.runs import increment_path
-from ...models.yolo.head import YOLOV5_FORMAT
 from .backends import load_backend
 from .coco_eval import coco_detections, coco_ground_truth, run_cocoeval
 from .options import ValArgs
@@ -73,9 +72,7 @@ def run_val(args: ValArgs) -> dict[str, Any]:
         f"speed per image: {s['preprocess']:.1f} ms preprocess, {s['inference']:.1f} ms inference, "
         f"{s['nms']:.1f} ms NMS at {imgsz}px"
     )
-    rule = (
-        args.matching if args.matching != "auto" else ("best_iou" if backend.output_format == YOLOV5_FORMAT else "coco")
-    )
+    rule = results.matching
     about = "YOLOv5 7.0 val.py's matching and AP" if rule == "best_iou" else "pycocotools' matching and AP"
     print(f"matching: {rule} ({about})")
     out: dict[str, Any] = {**results.as_dict(), "fitness": results.fitness, "save_dir": str(save_dir), "matching": rule}

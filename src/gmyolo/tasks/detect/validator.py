@@ -50,6 +50,7 @@ class ValResults:
     speed_ms: dict[str, float] = field(default_factory=dict)  # per image: preprocess, inference, nms
     confusion: ConfusionMatrix | None = None
     predictions: list[dict[str, Any]] = field(default_factory=list)  # per image: path, boxes (n×6, original px)
+    matching: str = "coco"  # the rule that scored them (see default_matching)
 
     @property
     def fitness(self) -> float:
@@ -121,7 +122,7 @@ def validate(
     images_per_class = np.zeros(nc, np.int64)
     predictions: list[dict[str, Any]] = []
     output_format = getattr(model, "output_format", YOLOV5_FORMAT)
-    rule = matching or ("best_iou" if output_format == YOLOV5_FORMAT else "coco")
+    rule = matching or default_matching(output_format)
     if rule not in AP_INTEGRATION:
         raise ValueError(f"unknown matching rule {rule!r}; known: {', '.join(AP_INTEGRATION)}")
     bar = tqdm(loader, desc=f"{'validating':>22}", leave=False, disable=not progress, dynamic_ncols=True)
@@ -179,7 +180,15 @@ def validate(
         speed_ms={"preprocess": 1e3 * t_pre / n, "inference": 1e3 * t_inf / n, "nms": 1e3 * t_nms / n},
         confusion=confusion,
         predictions=predictions,
+        matching=rule,
     )
+
+
+def default_matching(output_format: str) -> str:
+    """How a head's detections are scored unless asked otherwise: YOLOv5's head by YOLOv5 7.0's val.py
+    (``best_iou``), so that its numbers read as YOLOv5's; the other heads by pycocotools' rule (``coco``), the
+    reference mAP."""
+    return "best_iou" if output_format == YOLOV5_FORMAT else "coco"
 
 
 def as_float(raw: Any) -> Any:
