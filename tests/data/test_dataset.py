@@ -101,7 +101,7 @@ def test_label_checks_report_file_and_line(tmp_path):
         "1 0.1 0.1 0.3 0.1 0.3 0.3\n"  # 11 polygon -> box
         "\n"
     )
-    labels, problems = parse_label_file(f, nc=2)
+    labels, polygons, problems = parse_label_file(f, nc=2)
     by_line = {p.line: p for p in problems}
     assert set(by_line) == {2, 3, 4, 5, 6, 7, 8, 9, None}
     assert "expected 5 values" in by_line[2].message and "not a number" in by_line[3].message
@@ -277,3 +277,48 @@ def test_paths_are_absolute_so_checkpoints_can_find_the_data(dataset_yaml, monke
     monkeypatch.chdir("/")
     again = load_dataset_config(cfg.to_dict())  # as `gmyolo val` reloads it from a checkpoint
     assert again.splits == cfg.splits and again.names == cfg.names
+
+
+def test_polygon_labels_are_checked_and_kept(tmp_path):
+    f = tmp_path / "x.txt"
+    f.write_text(
+        "0 0.1 0.1 0.4 0.1 0.4 0.4 0.1 0.4\n"  # 1 a square outline
+        "0 0.1 0.1 0.4 0.1 0.4\n"  # 2 an odd number of coordinates
+        "1 0.5 0.5\n"  # 3 one point
+        "0 0.2 0.2 0.5 0.5 0.8 0.8\n"  # 4 collinear: no area
+        "1 0.8 0.8 1.2 0.8 1.2 1.1\n"  # 5 past the border: clipped
+        "0 0.5 0.5 0.2 0.2\n"  # 6 a box among polygons: no outline
+        "0 0.1 0.1 0.4 0.1 0.4 0.4 0.1 0.4\n"  # 7 duplicate of 1
+        "0 1.1 1.1 1.5 1.1 1.5 1.5\n"  # 8 wholly outside
+        "5 0.1 0.1 0.2 0.1 0.2 0.2\n"  # 9 class out of range
+    )
+    labels, polygons, problems = parse_label_file(f, nc=2)
+    by_line = {p.line: p for p in problems}
+    assert set(by_line) == {2, 3, 4, 5, 8, 9, None}
+    assert by_line[2].message == "polygon with an odd number of coordinates (5)"
+    assert by_line[3].message == "polygon of 1 point (at least 3 needed)"
+    assert by_line[4].message == "polygon encloses no area" and by_line[4].action == "dropped line"
+    assert by_line[5].message.startswith("polygon extends past the image border") and by_line[5].action == "fixed"
+    assert by_line[8].message == "polygon encloses no area inside the image"
+    assert by_line[None].action == "removed duplicates"
+    np.testing.assert_allclose(labels, [[0, 0.25, 0.25, 0.3, 0.3], [1, 0.9, 0.9, 0.2, 0.2], [0, 0.5, 0.5, 0.2, 0.2]])
+    assert [p.shape for p in polygons] == [(4, 2), (3, 2), (0, 2)]
+    np.testing.assert_allclose(polygons[1], [[0.8, 0.8], [1.0, 0.8], [1.0, 1.0]])
+    f.write_text("0 0.5 0.5 0.2 0.2\n")
+    assert parse_label_file(f, nc=2)[1] == []  # boxes only: no outlines at all
+
+
+def test_polygons_survive_the_label_cache(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for name, text in (("a", "0 0.1 0.1 0.4 0.1 0.4 0.4\n0 0.5 0.5 0.2 0.2\n"), ("b", "1 0.5 0.5 0.2 0.2\n")):
+        cv2.imwrite(str(tmp_path / f"images/{name}.png"), np.zeros((32, 32, 3), np.uint8))
+        (tmp_path / f"labels/{name}.txt").write_text(text)
+    images = list_images([tmp_path / "images"])
+    fresh, _ = load_labels(images, nc=2)
+    assert (tmp_path / "labels.cache").is_file()
+    cached, _ = load_labels(images, nc=2)
+    for r in (fresh, cached):
+        a, b = sorted(r, key=lambda rec: rec.image.name)
+        assert [p.shape for p in a.segments] == [(3, 2), (0, 2)] and b.segments == []
+        np.testing.assert_allclose(a.segments[0], [[0.1, 0.1], [0.4, 0.1], [0.4, 0.4]])

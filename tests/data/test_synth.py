@@ -13,7 +13,7 @@ import yaml
 from gmyolo.cli.data import add_synth_parser, run_synth
 from gmyolo.data import synth
 from gmyolo.data.config import list_images, load_dataset_config
-from gmyolo.data.labels import load_labels
+from gmyolo.data.labels import load_labels, parse_label_file
 from gmyolo.data.synth import SYNTH_CLASSES, make_synthetic_dataset
 
 SMALL = dict(n_train=12, n_val=4, imgsz=96)
@@ -113,7 +113,7 @@ def test_box_is_tight_around_the_drawn_shape(shape):
     for i in range(10):
         rng = np.random.default_rng(i)
         h, w = 90, 110
-        img, labels, masks = synth._render_image(rng, h, w, (shape,), 1, plain=True)
+        img, labels, masks, _ = synth._render_image(rng, h, w, (shape,), 1, plain=True)
         assert len(labels) == 1 and len(masks) == 1 and labels[0, 0] == 0
         bg = np.median(img.reshape(-1, 3), axis=0).astype(int)  # a shape covers at most 45% x 45% of the image
         changed = np.abs(img.astype(int) - bg).sum(axis=2) > 0
@@ -134,7 +134,7 @@ def test_textured_images_boxes_cover_their_masks_and_stand_out():
     contrasts = []
     for i in range(20):
         rng = np.random.default_rng(100 + i)
-        img, labels, masks = synth._render_image(rng, 96, 80, SYNTH_CLASSES, 4)
+        img, labels, masks, _ = synth._render_image(rng, 96, 80, SYNTH_CLASSES, 4)
         assert len(labels) == len(masks) >= 1
         for label, mask in zip(labels, masks):
             x0, y0, x1, y1 = box_pixels(label, 96, 80)
@@ -154,7 +154,7 @@ def test_textured_images_boxes_cover_their_masks_and_stand_out():
 def test_objects_are_not_hidden():
     for i in range(30):
         rng = np.random.default_rng(200 + i)
-        _, labels, masks = synth._render_image(rng, 96, 96, SYNTH_CLASSES, 4, plain=True)
+        _, labels, masks, _ = synth._render_image(rng, 96, 96, SYNTH_CLASSES, 4, plain=True)
         solid = [m > 127 for m in masks]
         for j, s in enumerate(solid):
             later = np.zeros_like(s)
@@ -252,3 +252,27 @@ def test_cli(tmp_path, capsys):
         64,
         256,
     )
+
+
+def test_segments_are_the_exact_outlines_of_shapes_that_never_touch():
+    for i in range(20):
+        rng = np.random.default_rng(300 + i)
+        h, w = 96, 80
+        _, labels, masks, polygons = synth._render_image(rng, h, w, SYNTH_CLASSES, 4, plain=True, apart=True)
+        assert len(polygons) == len(labels) == len(masks) >= 1
+        for j, (label, mask, poly) in enumerate(zip(labels, masks, polygons)):
+            # The outline's bounding box is the label's box, and the outline filled is the drawn shape.
+            lo, hi = poly.min(0) / (w, h), poly.max(0) / (w, h)
+            np.testing.assert_allclose([*(lo + hi) / 2, *(hi - lo)], label[1:], atol=1e-9)
+            filled = synth._rasterize(poly, h, w) > 127
+            assert np.array_equal(filled, mask > 127)
+            for other in masks[j + 1 :]:
+                assert not ((mask > 0) & (other > 0)).any()
+
+
+def test_segments_dataset_reads_back_as_polygons(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "seg", seed=0, n_train=6, n_val=2, imgsz=64, segments=True)
+    for lbl in sorted((root.parent / "labels/train").glob("*.txt")):
+        labels, polygons, problems = parse_label_file(lbl, nc=4)
+        assert problems == [] and len(polygons) == len(labels)
+        assert all(len(p) >= 3 for p in polygons)

@@ -1,10 +1,12 @@
 """Checking every image and label file once, and caching the result.
 
 Each image is opened and verified; each label line is parsed and checked (column count, numbers,
-finite values, class ids inside ``names``, box inside the image, positive size, duplicates). Bad
-lines are dropped or fixed as a user would want — never the whole image for one bad line — and
-every problem is reported with its file and line. Source files are never modified. The result is
-cached beside the labels (``labels/<split>.cache``, JSON) and rebuilt when any file changes.
+finite values, class ids inside ``names``, box inside the image, positive size, duplicates). A line is a box
+``class cx cy w h`` or a segmentation polygon ``class x1 y1 x2 y2 x3 y3 ...`` (normalised, 3 points or more),
+which keeps its outline beside its bounding box. Bad lines are dropped or fixed as a user would want — never
+the whole image for one bad line — and every problem is reported with its file and line. Source files are never
+modified. The result is cached beside the labels (``labels/<split>.cache``, JSON) and rebuilt when any file
+changes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from .config import DatasetError, label_path
 __all__ = ["ImageRecord", "Problem", "LabelSummary", "verify_image", "parse_label_file", "load_labels"]
 
 LOGGER = logging.getLogger("gmyolo")
-CACHE_VERSION = 2  # bump whenever the checking rules change
+CACHE_VERSION = 3  # bump whenever the checking rules change
 MAX_SHOWN_PROBLEMS = 20
 MAX_LABEL_BYTES = 16 * 1024 * 1024  # a label file larger than this is not a label file
 BORDER_TOLERANCE = 1e-3  # boxes overhanging the border by less are clipped silently (rounding in label tools)
@@ -48,12 +50,17 @@ class Problem:
 
 @dataclass
 class ImageRecord:
-    """One usable image: its size after EXIF rotation and its boxes, (n, 5) float32 [cls, cx, cy, w, h] normalised."""
+    """One usable image: its size after EXIF rotation and its boxes, (n, 5) float32 [cls, cx, cy, w, h] normalised.
+
+    ``segments``: when the label file has polygons, one (k, 2) float32 array of normalised x, y per box (a box line
+    has none: (0, 2)); empty when it has only boxes.
+    """
 
     image: Path
     height: int
     width: int
     labels: np.ndarray
+    segments: list[np.ndarray] = field(default_factory=list)
 
 
 @dataclass
@@ -99,35 +106,56 @@ def verify_image(path: Path) -> tuple[tuple[int, int] | None, Problem | None]:
     return (height, width), None
 
 
-def parse_label_file(path: Path, nc: int) -> tuple[np.ndarray, list[Problem]]:
-    """Parse and check a YOLO label file. Returns (n, 5) float32 rows [cls, cx, cy, w, h] and the problems.
+def column_problem(count: int) -> str | None:
+    """Why a line of ``count`` values is neither a box (5) nor a polygon (class and 3+ x, y pairs), or None."""
+    if count == 5 or (count >= 7 and count % 2 == 1):
+        return None
+    if count % 2 == 0 and count > 5:
+        return f"polygon with an odd number of coordinates ({count - 1})"
+    if count == 3:
+        return "polygon of 1 point (at least 3 needed)"
+    return f"expected 5 values 'class cx cy w h' or a polygon 'class x1 y1 x2 y2 x3 y3 ...', found {count}"
 
-    Rows with 7+ values (odd count) are polygons ``class x1 y1 x2 y2 ...`` and become their bounding box.
+
+def polygon_area(xy: np.ndarray) -> float:
+    """The area enclosed by a (k, 2) polygon (shoelace formula)."""
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+
+
+def parse_label_file(path: Path, nc: int) -> tuple[np.ndarray, list[np.ndarray], list[Problem]]:
+    """Parse and check a YOLO label file: (n, 5) float32 rows [cls, cx, cy, w, h], the polygons and the problems.
+
+    A polygon line ``class x1 y1 x2 y2 x3 y3 ...`` gives its bounding box as the row, and its points (clipped to the
+    image) as a (k, 2) array; the polygons list is empty when the file has none, else one entry per row (a box line:
+    (0, 2)).
     """
     problems: list[Problem] = []
+    nothing = np.zeros((0, 5), np.float32)
     if not path.is_file():
-        return np.zeros((0, 5), np.float32), problems
+        return nothing, [], problems
     if path.stat().st_size > MAX_LABEL_BYTES:
-        return np.zeros((0, 5), np.float32), [
-            Problem(str(path), None, f"label file is {path.stat().st_size} bytes, over the limit", "skipped labels")
-        ]
+        return (
+            nothing,
+            [],
+            [Problem(str(path), None, f"label file is {path.stat().st_size} bytes, over the limit", "skipped labels")],
+        )
     try:
         text = path.read_text()
     except (UnicodeDecodeError, OSError) as e:
-        return np.zeros((0, 5), np.float32), [
-            Problem(str(path), None, f"unreadable label file ({type(e).__name__})", "skipped labels")
-        ]
+        return nothing, [], [Problem(str(path), None, f"unreadable label file ({type(e).__name__})", "skipped labels")]
 
     def drop(n: int, msg: str) -> None:
         problems.append(Problem(str(path), n, msg, "dropped line"))
 
     rows: list[list[float]] = []
+    polygons: list[np.ndarray] = []
     for n, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
-        if len(fields) != 5 and (len(fields) < 7 or len(fields) % 2 == 0):
-            drop(n, f"expected 5 values 'class cx cy w h' (or a polygon), found {len(fields)}")
+        if (why := column_problem(len(fields))) is not None:
+            drop(n, why)
             continue
         try:
             values = [float(v) for v in fields]
@@ -141,32 +169,45 @@ def parse_label_file(path: Path, nc: int) -> tuple[np.ndarray, list[Problem]]:
         if not cls.is_integer() or not 0 <= cls < nc:
             drop(n, f"class id {fields[0]} is not one of the {nc} classes (0..{nc - 1})")
             continue
+        polygon = np.zeros((0, 2), np.float32)
         if len(values) == 5:
             cx, cy, w, h = values[1:]
             if w <= 0 or h <= 0:
                 drop(n, f"box of zero or negative size (w={w:g}, h={h:g})")
                 continue
             x1, y1, x2, y2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+            overhang = max(-x1, -y1, x2 - 1.0, y2 - 1.0)
         else:
-            xs, ys = values[1::2], values[2::2]
-            x1, y1, x2, y2 = min(xs), min(ys), max(xs), max(ys)
+            points = np.array(values[1:], np.float64).reshape(-1, 2)
+            overhang = max(float(-points.min()), float(points.max() - 1.0))
+            points = points.clip(0.0, 1.0)
+            if polygon_area(points) <= 0:
+                drop(n, "polygon encloses no area" + (" inside the image" if overhang > 0 else ""))
+                continue
+            polygon = points.astype(np.float32)
+            (x1, y1), (x2, y2) = points.min(0), points.max(0)
         cx1, cy1, cx2, cy2 = max(x1, 0.0), max(y1, 0.0), min(x2, 1.0), min(y2, 1.0)
         if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
             drop(n, "box lies outside the image")
             continue
-        overhang = max(-x1, -y1, x2 - 1.0, y2 - 1.0)
-        if overhang > BORDER_TOLERANCE and len(values) == 5:
-            problems.append(Problem(str(path), n, "box extends past the image border; clipped", "fixed"))
+        if overhang > BORDER_TOLERANCE:
+            kind = "box" if len(values) == 5 else "polygon"
+            problems.append(Problem(str(path), n, f"{kind} extends past the image border; clipped", "fixed"))
         rows.append([cls, (cx1 + cx2) / 2, (cy1 + cy2) / 2, cx2 - cx1, cy2 - cy1])
+        polygons.append(polygon)
     labels = np.array(rows, np.float32).reshape(-1, 5)
     if len(labels):
-        unique, first = np.unique(labels, axis=0, return_index=True)
-        if len(unique) < len(labels):
+        # Duplicates: the same row (and, for polygons, the same outline) given twice.
+        keys = [(tuple(r), p.tobytes()) for r, p in zip(labels.tolist(), polygons)]
+        first = sorted({k: i for i, k in reversed(list(enumerate(keys)))}.values())
+        if len(first) < len(labels):
             problems.append(
-                Problem(str(path), None, f"{len(labels) - len(unique)} duplicate rows", "removed duplicates")
+                Problem(str(path), None, f"{len(labels) - len(first)} duplicate rows", "removed duplicates")
             )
-            labels = labels[np.sort(first)]
-    return labels, problems
+            labels, polygons = labels[first], [polygons[i] for i in first]
+    if not any(len(p) for p in polygons):
+        polygons = []
+    return labels, polygons, problems
 
 
 def files_hash(images: list[Path], labels: list[Path]) -> str:
@@ -191,8 +232,8 @@ def check_one(image: Path, lbl: Path, nc: int) -> tuple[ImageRecord | None, list
     problems = [problem] if problem else []
     if shape is None:
         return None, problems, lbl.is_file()
-    labels, label_problems = parse_label_file(lbl, nc)
-    return ImageRecord(image, shape[0], shape[1], labels), problems + label_problems, lbl.is_file()
+    labels, segments, label_problems = parse_label_file(lbl, nc)
+    return ImageRecord(image, shape[0], shape[1], labels, segments), problems + label_problems, lbl.is_file()
 
 
 def load_labels(
@@ -246,7 +287,13 @@ def read_cache(path: Path, digest: str, nc: int) -> tuple[list[ImageRecord], Lab
         if d.get("version") != CACHE_VERSION or d.get("hash") != digest or d.get("nc") != nc:
             return None
         records = [
-            ImageRecord(Path(r["image"]), r["height"], r["width"], np.array(r["labels"], np.float32).reshape(-1, 5))
+            ImageRecord(
+                Path(r["image"]),
+                r["height"],
+                r["width"],
+                np.array(r["labels"], np.float32).reshape(-1, 5),
+                [np.array(p, np.float32).reshape(-1, 2) for p in r.get("segments", [])],
+            )
             for r in d["records"]
         ]
         summary = LabelSummary(
@@ -270,7 +317,13 @@ def write_cache(path: Path, digest: str, nc: int, records: list[ImageRecord], su
         "missing_labels": summary.missing_labels,
         "problems": [vars(p) for p in summary.problems],
         "records": [
-            {"image": str(r.image), "height": r.height, "width": r.width, "labels": r.labels.round(6).tolist()}
+            {
+                "image": str(r.image),
+                "height": r.height,
+                "width": r.width,
+                "labels": r.labels.round(6).tolist(),
+                **({"segments": [p.round(6).ravel().tolist() for p in r.segments]} if r.segments else {}),
+            }
             for r in records
         ],
     }

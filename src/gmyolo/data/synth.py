@@ -13,6 +13,10 @@ Layout written under ``out_dir``::
     images/train/00000.png ...    PNG, imgsz x imgsz or (about half of them) each side in [0.75, 1] x imgsz
     labels/train/00000.txt ...    "class cx cy w h" per object, normalised; empty for images without objects
     images/val/..., labels/val/...
+
+With ``segments=True`` (``gmyolo data synth --segments``) each label line is instead the shape's exact outline,
+``class x1 y1 x2 y2 ...`` (its vertices, normalised; a circle is drawn as the 64-gon it is labelled with), and
+shapes never overlap, so that every outline is also the object's visible region.
 """
 
 from __future__ import annotations
@@ -58,7 +62,8 @@ _NAME_RE = re.compile(r"^(\d+)\.(png|txt)$")
 @dataclass
 class _Shape:
     cls: int
-    box: np.ndarray  # (4,) float x0 y0 x1 y1 in pixels, pixel i spanning [i, i + 1)
+    polygon: np.ndarray  # (k, 2) float vertices in pixels, pixel i spanning [i, i + 1)
+    box: np.ndarray  # (4,) float x0 y0 x1 y1 in pixels
     alpha: np.ndarray  # (h, w) uint8 anti-aliased coverage, 0..255
     visible: np.ndarray  # (h, w) bool, solid pixels not covered by later shapes
     area: int  # solid pixels of the whole shape
@@ -200,12 +205,20 @@ def _pick_colour(rng: np.random.Generator, under: np.ndarray, hue: float) -> np.
 
 
 def _render_image(
-    rng: np.random.Generator, h: int, w: int, shapes: Sequence[str], n_objects: int, *, plain: bool = False
-) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    shapes: Sequence[str],
+    n_objects: int,
+    *,
+    plain: bool = False,
+    apart: bool = False,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Draw one image with up to ``n_objects`` shapes (fewer when no placement fits).
 
-    Returns the image (h, w, 3) uint8 BGR, labels (n, 5) float64 [cls, cx, cy, w, h] normalised, and each
-    object's coverage mask (h, w) uint8 (for checks). ``plain``: a flat background, no noise and no blur.
+    Returns the image (h, w, 3) uint8 BGR, labels (n, 5) float64 [cls, cx, cy, w, h] normalised, each
+    object's coverage mask (h, w) uint8 (for checks) and its outline (k, 2) in pixels. ``plain``: a flat
+    background, no noise and no blur. ``apart``: no shape touches another (outlines are the visible regions).
     """
     img = _background(rng, h, w, plain)
     side = min(h, w)
@@ -224,9 +237,11 @@ def _render_image(
                 continue
             if any(np.count_nonzero(p.visible & ~solid) < MIN_VISIBLE * p.area for p in placed):
                 continue  # it would hide most of an earlier shape
+            if apart and any(((p.alpha > 0) & (alpha > 0)).any() for p in placed):
+                continue
             for p in placed:
                 p.visible &= ~solid
-            placed.append(_Shape(cls, box, alpha, solid.copy(), area))
+            placed.append(_Shape(cls, poly, box, alpha, solid.copy(), area))
             break
 
     for p in placed:
@@ -253,7 +268,7 @@ def _render_image(
     for i, p in enumerate(placed):
         x0, y0, x1, y1 = p.box
         labels[i] = (p.cls, (x0 + x1) / (2 * w), (y0 + y1) / (2 * h), (x1 - x0) / w, (y1 - y0) / h)
-    return out, labels, [p.alpha for p in placed]
+    return out, labels, [p.alpha for p in placed], [p.polygon for p in placed]
 
 
 def _image_size(rng: np.random.Generator, imgsz: int) -> tuple[int, int]:
@@ -266,6 +281,15 @@ def _image_size(rng: np.random.Generator, imgsz: int) -> tuple[int, int]:
 
 def _label_text(labels: np.ndarray) -> str:
     return "".join(f"{int(c)} {cx:.6f} {cy:.6f} {bw:.6f} {bh:.6f}\n" for c, cx, cy, bw, bh in labels)
+
+
+def _polygon_text(labels: np.ndarray, polygons: list[np.ndarray], h: int, w: int) -> str:
+    """One ``class x1 y1 x2 y2 ...`` line per object: its vertices normalised by the image size."""
+    lines = []
+    for cls, poly in zip(labels[:, 0], polygons):
+        xy = (poly / (w, h)).clip(0.0, 1.0)
+        lines.append(f"{int(cls)} " + " ".join(f"{v:.6f}" for v in xy.ravel()) + "\n")
+    return "".join(lines)
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -340,13 +364,15 @@ def make_synthetic_dataset(
     imgsz: int = 256,
     max_objects: int = 4,
     classes: Sequence[str] = SYNTH_CLASSES,
+    segments: bool = False,
 ) -> Path:
     """Write the synthetic shapes dataset under ``out_dir`` and return the path of its ``data.yaml``.
 
     ``n_train``/``n_val`` images per split, about ``imgsz`` px each, 1..``max_objects`` objects per image
     (about 5% of the images have none), class ids in the order of ``classes`` (a subset of SYNTH_CLASSES).
     The same arguments give the same files. An existing synthetic dataset in ``out_dir`` is overwritten;
-    a folder holding other image or label data is refused (ValueError).
+    a folder holding other image or label data is refused (ValueError). ``segments``: polygon labels (each shape's
+    exact outline) and no overlapping shapes, for instance segmentation.
     """
     seed = _check_int("seed", seed, 0)
     n_train = _check_int("n_train", n_train, 1)
@@ -374,13 +400,14 @@ def make_synthetic_dataset(
             rng = np.random.default_rng([seed, code, i])
             h, w = _image_size(rng, imgsz)
             k = 0 if rng.random() < EMPTY_FRACTION else int(rng.integers(1, max_objects + 1))
-            img, labels, _ = _render_image(rng, h, w, names, k)
+            img, labels, _, polygons = _render_image(rng, h, w, names, k, apart=segments)
             stem = f"{i:0{digits}d}"
             ok, buf = cv2.imencode(".png", img, png_params)
             if not ok:
                 raise OSError(f"{img_dir / (stem + '.png')}: PNG encoding failed")
             atomic_write(img_dir / f"{stem}.png", buf.tobytes())
-            atomic_write(lbl_dir / f"{stem}.txt", _label_text(labels).encode())
+            text = _polygon_text(labels, polygons, h, w) if segments else _label_text(labels)
+            atomic_write(lbl_dir / f"{stem}.txt", text.encode())
         _remove_stale(img_dir, ".png", n, digits)
         _remove_stale(lbl_dir, ".txt", n, digits)
     LOGGER.debug("synth: wrote %d + %d images to %s in %.1fs", n_train, n_val, out, time.perf_counter() - t0)
