@@ -1,4 +1,5 @@
-"""Image augmentations as YOLOv5 does them, on HxWx3 uint8 BGR arrays with pixel xyxy boxes.
+"""Image augmentations as YOLOv5 does them, on HxWx3 uint8 BGR arrays with pixel xyxy boxes and, for
+segmentation, the objects' outlines (polygons in pixels), which move with the image.
 
 Randomness always comes from a ``numpy.random.Generator`` passed in, so a sample's augmentation is
 a function of (seed, epoch, index) and does not depend on the number of loader workers.
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,6 +26,9 @@ __all__ = [
     "box_candidates",
     "xyxy_to_xywhn",
     "xywhn_to_xyxy",
+    "Instances",
+    "clip_polygon",
+    "polygons_to_masks",
 ]
 
 # YOLOv5's "scratch-low" augmentation settings; each one can be set from the hyper-parameters.
@@ -64,6 +70,99 @@ def xyxy_to_xywhn(xyxy: np.ndarray, w: int, h: int) -> np.ndarray:
     out[:, 2] = (b[:, 2] - b[:, 0]) / w
     out[:, 3] = (b[:, 3] - b[:, 1]) / h
     return out
+
+
+@dataclass
+class Instances:
+    """The objects of one image as augmentation moves them: classes (n,), boxes (n, 4) pixel xyxy and, for
+    segmentation, their outlines: n polygons (k, 2) in pixels ((0, 2) for an object labelled by its box only);
+    ``segments`` None for detection."""
+
+    cls: np.ndarray
+    boxes: np.ndarray
+    segments: list[np.ndarray] | None = None
+
+    @classmethod
+    def placed(
+        cls, labels: np.ndarray, segments: list[np.ndarray] | None, w: float, h: float, padw: float, padh: float
+    ) -> Instances:
+        """A record's normalised labels (n, 5) and outlines drawn on a w×h image placed at (padw, padh)."""
+        boxes = xywhn_to_xyxy(labels[:, 1:], w, h, padw, padh)
+        if segments is not None:
+            segments = [(p * (w, h) + (padw, padh)).astype(np.float32) for p in segments]
+        return cls(labels[:, 0].astype(np.float32), boxes, segments)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Instances]) -> Instances:
+        segments = None if parts[0].segments is None else [p for part in parts for p in part.segments]
+        return cls(np.concatenate([p.cls for p in parts]), np.concatenate([p.boxes for p in parts]), segments)
+
+    def __len__(self) -> int:
+        return len(self.cls)
+
+    def select(self, keep: np.ndarray) -> Instances:
+        segments = None if self.segments is None else [self.segments[i] for i in np.flatnonzero(keep)]
+        return Instances(self.cls[keep], self.boxes[keep], segments)
+
+    def clip(self, width: float, height: float) -> None:
+        """Boxes clipped to the image; outlines cut at its border (:func:`clip_polygon`)."""
+        self.boxes[:, [0, 2]] = self.boxes[:, [0, 2]].clip(0, width)
+        self.boxes[:, [1, 3]] = self.boxes[:, [1, 3]].clip(0, height)
+        if self.segments is not None:
+            self.segments = [clip_polygon(p, width, height) if len(p) else p for p in self.segments]
+
+    def flip(self, axis: int, size: float) -> None:
+        """Mirror along x (axis 0, image width ``size``) or y (axis 1)."""
+        lo, hi = (0, 2) if axis == 0 else (1, 3)
+        self.boxes[:, [lo, hi]] = size - self.boxes[:, [hi, lo]]
+        if self.segments is not None:
+            for p in self.segments:
+                p[:, axis] = size - p[:, axis]
+
+
+def clip_polygon(xy: np.ndarray, width: float, height: float) -> np.ndarray:
+    """The part of polygon ``xy`` (k, 2) inside [0, width] × [0, height] (Sutherland–Hodgman, one image side at a
+    time); (0, 2) when nothing is inside."""
+    xy = np.asarray(xy, np.float64)
+    for axis, limit, sign in ((0, 0.0, 1.0), (0, width, -1.0), (1, 0.0, 1.0), (1, height, -1.0)):
+        if not len(xy):
+            break
+        d = sign * (xy[:, axis] - limit)  # >= 0 inside this side
+        d_next = np.roll(d, -1)
+        inside, crossing = d >= 0, (d >= 0) != (d_next >= 0)
+        t = np.divide(d, d - d_next, out=np.zeros_like(d), where=crossing)
+        cut = xy + (np.roll(xy, -1, axis=0) - xy) * t[:, None]
+        cut[:, axis] = limit
+        # Each edge p_i -> p_i+1 gives p_i if it is inside, then the crossing point if the edge crosses the side.
+        xy = np.stack([xy, cut], 1)[np.stack([inside, crossing], 1)]
+    return xy.astype(np.float32).reshape(-1, 2)
+
+
+def polygons_to_masks(
+    polygons: Sequence[np.ndarray], height: int, width: int, downsample: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """One mask for the objects of an image, at 1/``downsample`` of its size (Ultralytics' ``overlap_mask``).
+
+    Pixel value j + 1 marks the object ranked j by area, largest first, so where outlines overlap the smaller
+    object is on top. Returns the mask (height/downsample, width/downsample) int32 and the ranking (the object
+    index of each value).
+    """
+    h, w = height // downsample, width // downsample
+    masks = np.zeros((len(polygons), h, w), np.uint8)
+    full = np.zeros((h * downsample, w * downsample), np.uint8)
+    for m, p in zip(masks, polygons):
+        if len(p) >= 3:
+            # Drawn at the image's size and area-averaged down, a mask pixel on when more than half covered (cv2
+            # fills a polygon's boundary pixels too, a one-pixel bias at full size). cv2 puts integer coordinates
+            # at pixel centres, ours at pixel edges: hence the - 0.5.
+            full[:] = 0
+            cv2.fillPoly(full, [np.round((p - 0.5) * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
+            m[:] = cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA) > 127
+    order = np.argsort(-masks.reshape(len(masks), -1).sum(1), kind="stable")
+    out = np.zeros((h, w), np.int32)
+    for rank, i in enumerate(order):
+        out[masks[i] > 0] = rank + 1
+    return out, order
 
 
 def stride_multiple(imgsz: int, stride: int) -> int:
@@ -116,7 +215,7 @@ def box_candidates(before: np.ndarray, after: np.ndarray, wh_thr=2.0, ar_thr=100
 
 def random_affine(
     im: np.ndarray,
-    boxes: np.ndarray,
+    objects: Instances,
     rng: np.random.Generator,
     degrees: float = 0.0,
     translate: float = 0.1,
@@ -127,8 +226,10 @@ def random_affine(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Random perspective/affine warp (YOLOv5's random_perspective).
 
-    ``boxes`` (n, 4) pixel xyxy. ``border`` (negative) crops: a 2s×2s mosaic with border (-s/2, -s/2)
-    comes out s×s. Returns the image, the transformed boxes of the kept objects and the keep mask.
+    ``border`` (negative) crops: a 2s×2s mosaic with border (-s/2, -s/2) comes out s×s. Returns the image and
+    the objects kept (those :func:`box_candidates` accepts), moved: a box becomes the box of its warped corners,
+    an outline is warped and cut at the image border, and its box is the box of what is left (YOLOv5-seg keeps
+    objects down to 1% of their area then, 10% otherwise).
     """
     height = im.shape[0] + border[0] * 2
     width = im.shape[1] + border[1] * 2
@@ -154,19 +255,30 @@ def random_affine(
         else:
             im = cv2.warpAffine(im, M[:2], dsize=(width, height), borderValue=(PAD_VALUE,) * 3)
 
-    n = len(boxes)
+    n, boxes = len(objects), objects.boxes
     if not n:
-        return im, boxes.reshape(0, 4), np.zeros(0, bool)
-    corners = np.ones((n * 4, 3))
-    corners[:, :2] = boxes[:, [0, 1, 2, 3, 0, 3, 2, 1]].reshape(n * 4, 2)  # x1y1, x2y2, x1y2, x2y1
-    corners = corners @ M.T
-    xy = (corners[:, :2] / corners[:, 2:3] if perspective else corners[:, :2]).reshape(n, 8)
+        return im, objects
+
+    def warp(points: np.ndarray) -> np.ndarray:
+        h = np.ones((len(points), 3))
+        h[:, :2] = points
+        h = h @ M.T
+        return h[:, :2] / h[:, 2:3] if perspective else h[:, :2]
+
+    xy = warp(boxes[:, [0, 1, 2, 3, 0, 3, 2, 1]].reshape(n * 4, 2)).reshape(n, 8)  # x1y1, x2y2, x1y2, x2y1
     x, y = xy[:, [0, 2, 4, 6]], xy[:, [1, 3, 5, 7]]
     new = np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], 1)
     new[:, [0, 2]] = new[:, [0, 2]].clip(0, width)
     new[:, [1, 3]] = new[:, [1, 3]].clip(0, height)
-    keep = box_candidates(boxes * s, new)
-    return im, new[keep].astype(np.float32), keep
+    segments = objects.segments
+    if segments is not None:
+        segments = [clip_polygon(warp(p), width, height) if len(p) else p for p in segments]
+        for i, p in enumerate(segments):
+            if len(objects.segments[i]):  # the box of what is left of the outline (none: an empty box)
+                new[i] = [*p.min(0), *p.max(0)] if len(p) else 0.0
+    keep = box_candidates(boxes * s, new, area_thr=0.1 if segments is None else 0.01)
+    moved = Instances(objects.cls, new.astype(np.float32), segments)
+    return im, moved.select(keep)
 
 
 def augment_hsv(im: np.ndarray, rng: np.random.Generator, hgain=0.5, sgain=0.5, vgain=0.5) -> None:
@@ -183,8 +295,8 @@ def augment_hsv(im: np.ndarray, rng: np.random.Generator, hgain=0.5, sgain=0.5, 
     cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR, dst=im)
 
 
-def mixup(im: np.ndarray, labels: np.ndarray, im2: np.ndarray, labels2: np.ndarray, rng: np.random.Generator):
-    """Blend two images (ratio ~ Beta(32, 32)) and keep both label sets."""
+def mixup(im: np.ndarray, objects: Instances, im2: np.ndarray, objects2: Instances, rng: np.random.Generator):
+    """Blend two images (ratio ~ Beta(32, 32)) and keep the objects of both."""
     r = rng.beta(32.0, 32.0)
     im = (im * r + im2 * (1 - r)).astype(np.uint8)
-    return im, np.concatenate((labels, labels2), 0)
+    return im, Instances.concat([objects, objects2])

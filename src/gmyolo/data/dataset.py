@@ -5,6 +5,10 @@ A batch is ``(images, targets, paths, shapes)``:
 - targets: M×6 float32 rows ``[image index in batch, class, cx, cy, w, h]``, box normalised to H×W;
 - paths: the image files; shapes: per image ``((h0, w0), ((scale_h, scale_w), (pad_w, pad_h)))`` to map
   predictions back to original pixels (None for mosaics).
+
+With ``segments=True`` (instance segmentation) a batch also holds ``masks``: B×(H/4)×(W/4) int32, in each image
+value j + 1 where its j-th target lies (targets ordered largest first, so a smaller object overlapping a larger
+one is on top: Ultralytics' ``overlap_mask``), made from the outlines after augmentation (:func:`collate_segments`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .augment import AUGMENT_DEFAULTS, augment_hsv, letterbox, mixup, random_affine, xywhn_to_xyxy, xyxy_to_xywhn
+from .augment import (
+    AUGMENT_DEFAULTS,
+    Instances,
+    augment_hsv,
+    letterbox,
+    mixup,
+    polygons_to_masks,
+    random_affine,
+    xyxy_to_xywhn,
+)
 from .config import DatasetConfig, DatasetError, list_images
 from .labels import ImageRecord, LabelSummary, load_labels
 from .opencv import cv2, imread
@@ -31,6 +44,7 @@ __all__ = [
     "YOLODataset",
     "EpochState",
     "collate_fn",
+    "collate_segments",
     "create_dataset",
     "build_dataloader",
     "default_workers",
@@ -39,6 +53,7 @@ __all__ = [
 
 LOGGER = logging.getLogger("gmyolo")
 MAX_WORKERS = 8  # YOLOv5's and Ultralytics' default per process
+MASK_DOWNSAMPLE = 4  # masks at 1/4 of the image size (the prototype masks' resolution), as YOLOv5-seg and Ultralytics
 
 
 class EpochState:
@@ -73,6 +88,8 @@ class YOLODataset(Dataset):
             the smallest stride multiple that fits it. Use with ``shuffle=False``.
         cache_images: keep decoded, resized images in RAM.
         seed: augmentation of sample i in epoch e depends only on (seed, e, i).
+        segments: instance segmentation: objects move with their outlines and each sample also returns its
+            mask (see the module's docstring); objects labelled by a box alone are left out (one warning).
 
     ``epoch`` and ``mosaic`` are shared with the loader's worker processes (:class:`EpochState`).
     """
@@ -89,11 +106,13 @@ class YOLODataset(Dataset):
         pad: float = 0.0,
         cache_images: bool = False,
         seed: int = 0,
+        segments: bool = False,
     ):
         self.imgsz, self.augment, self.rect, self.stride, self.seed = imgsz, augment, rect, stride, seed
         self.hyp = {**AUGMENT_DEFAULTS, **(hyp or {})}
         self.state = EpochState(epoch=0, mosaic=augment and not rect and self.hyp["mosaic"] > 0)
-        self.records = list(records)
+        self.segments = segments
+        self.records = with_outlines_only(records) if segments else list(records)
         self.batch_shapes: np.ndarray | None = None
         if rect:
             self.records, self.batch_shapes = self.rect_batches(self.records, batch_size, imgsz, stride, pad)
@@ -166,13 +185,18 @@ class YOLODataset(Dataset):
         im = self.cache[i] if self.cache[i] is not None else self.read_resized(i)
         return im, (self.records[i].height, self.records[i].width)
 
-    def load_mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def placed(self, i: int, w: float, h: float, padw: float, padh: float) -> Instances:
+        """The objects of image i, drawn w×h at (padw, padh)."""
+        record = self.records[i]
+        return Instances.placed(record.labels, record.segments if self.segments else None, w, h, padw, padh)
+
+    def load_mosaic(self, index: int, rng: np.random.Generator) -> tuple[np.ndarray, Instances]:
         """Four images around a random centre on a 2s×2s canvas, then a random affine crop back to s×s."""
         s = self.imgsz
         yc, xc = (int(rng.uniform(s / 2, 3 * s / 2)) for _ in range(2))
         indices = [index, *rng.integers(0, len(self), 3).tolist()]
         canvas = np.full((2 * s, 2 * s, 3), 114, np.uint8)
-        all_labels = []
+        parts = []
         for k, i in enumerate(indices):
             im, _ = self.load_image(i)
             h, w = im.shape[:2]
@@ -189,16 +213,13 @@ class YOLODataset(Dataset):
                 x1a, y1a, x2a, y2a = xc, yc, min(xc + w, 2 * s), min(2 * s, yc + h)
                 x1b, y1b, x2b, y2b = 0, 0, min(w, x2a - x1a), min(y2a - y1a, h)
             canvas[y1a:y2a, x1a:x2a] = im[y1b:y2b, x1b:x2b]
-            labels = self.records[i].labels
-            if len(labels):
-                boxes = xywhn_to_xyxy(labels[:, 1:], w, h, x1a - x1b, y1a - y1b)
-                all_labels.append(np.concatenate([labels[:, :1], boxes], 1))
-        labels = np.concatenate(all_labels, 0) if all_labels else np.zeros((0, 5), np.float32)
-        labels[:, 1:] = labels[:, 1:].clip(0, 2 * s)
+            parts.append(self.placed(i, w, h, x1a - x1b, y1a - y1b))
+        objects = Instances.concat(parts)
+        objects.clip(2 * s, 2 * s)  # each tile's crop lies on the canvas's border
         h = self.hyp
-        canvas, boxes, keep = random_affine(
+        return random_affine(
             canvas,
-            labels[:, 1:],
+            objects,
             rng,
             h["degrees"],
             h["translate"],
@@ -207,7 +228,6 @@ class YOLODataset(Dataset):
             h["perspective"],
             border=(-s // 2, -s // 2),
         )
-        return canvas, np.concatenate([labels[keep, :1], boxes], 1)
 
     def __getitem__(self, index: int):
         epoch, mosaic = self.state.values.tolist()
@@ -215,21 +235,20 @@ class YOLODataset(Dataset):
         hyp, record = self.hyp, self.records[index]
         shapes = None
         if mosaic and rng.random() < hyp["mosaic"]:
-            im, labels = self.load_mosaic(index, rng)
+            im, objects = self.load_mosaic(index, rng)
             if rng.random() < hyp["mixup"]:
-                im, labels = mixup(im, labels, *self.load_mosaic(int(rng.integers(0, len(self))), rng), rng)
+                im, objects = mixup(im, objects, *self.load_mosaic(int(rng.integers(0, len(self))), rng), rng)
         else:
             im, (h0, w0) = self.load_image(index)
             h, w = im.shape[:2]
             shape = tuple(self.batch_shapes[index]) if self.rect else self.imgsz
             im, r, (padw, padh) = letterbox(im, shape, scaleup=self.augment)
             shapes = (h0, w0), ((h / h0 * r, w / w0 * r), (padw, padh))
-            boxes = xywhn_to_xyxy(record.labels[:, 1:], w * r, h * r, padw, padh)
-            labels = np.concatenate([record.labels[:, :1], boxes], 1)
+            objects = self.placed(index, w * r, h * r, padw, padh)
             if self.augment:
-                im, boxes, keep = random_affine(
+                im, objects = random_affine(
                     im,
-                    labels[:, 1:],
+                    objects,
                     rng,
                     hyp["degrees"],
                     hyp["translate"],
@@ -237,22 +256,26 @@ class YOLODataset(Dataset):
                     hyp["shear"],
                     hyp["perspective"],
                 )
-                labels = np.concatenate([labels[keep, :1], boxes], 1)
         H, W = im.shape[:2]
-        xywhn = xyxy_to_xywhn(labels[:, 1:], W, H)
+        xywhn = xyxy_to_xywhn(objects.boxes, W, H)
         if self.augment:
             augment_hsv(im, rng, hyp["hsv_h"], hyp["hsv_s"], hyp["hsv_v"])
             if rng.random() < hyp["flipud"]:
                 im = np.flipud(im)
                 xywhn[:, 1] = 1 - xywhn[:, 1]
+                objects.flip(1, H)
             if rng.random() < hyp["fliplr"]:
                 im = np.fliplr(im)
                 xywhn[:, 0] = 1 - xywhn[:, 0]
-        targets = torch.zeros((len(labels), 6))
-        targets[:, 1] = torch.from_numpy(labels[:, 0].astype(np.float32))
+                objects.flip(0, W)
+        targets = torch.zeros((len(objects), 6))
+        targets[:, 1] = torch.from_numpy(objects.cls)
         targets[:, 2:] = torch.from_numpy(xywhn)
-        im = np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1))  # BGR HWC -> RGB CHW
-        return torch.from_numpy(im), targets, str(record.image), shapes
+        im = torch.from_numpy(np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1)))  # BGR HWC -> RGB CHW
+        if not self.segments:
+            return im, targets, str(record.image), shapes
+        masks, order = polygons_to_masks(objects.segments, H, W, MASK_DOWNSAMPLE)
+        return im, targets[torch.from_numpy(order)], str(record.image), shapes, torch.from_numpy(masks)
 
 
 def collate_fn(batch):
@@ -261,6 +284,32 @@ def collate_fn(batch):
     for i, t in enumerate(targets):
         t[:, 0] = i
     return torch.stack(images, 0), torch.cat(targets, 0), list(paths), list(shapes)
+
+
+def collate_segments(batch):
+    """:func:`collate_fn`, and the images' masks stacked: B×(H/4)×(W/4)."""
+    *rest, masks = zip(*batch)
+    return (*collate_fn(list(zip(*rest))), torch.stack(masks, 0))
+
+
+def with_outlines_only(records: list[ImageRecord]) -> list[ImageRecord]:
+    """Segmentation: the records with their objects labelled by a box alone left out (an object needs its
+    outline for a mask), with one warning saying how many."""
+    out, dropped, files = [], 0, 0
+    for r in records:
+        has = [i for i, p in enumerate(r.segments) if len(p)]
+        if len(has) < len(r.labels):
+            dropped += len(r.labels) - len(has)
+            files += 1
+            r = ImageRecord(r.image, r.height, r.width, r.labels[has], [r.segments[i] for i in has])
+        out.append(r)
+    if dropped:
+        LOGGER.warning(
+            "segmentation: %d objects in %d label files have a box but no outline (polygon); they are left out",
+            dropped,
+            files,
+        )
+    return out
 
 
 def create_dataset(
@@ -274,6 +323,7 @@ def create_dataset(
     stride: int = 32,
     cache_images: bool = False,
     seed: int = 0,
+    segments: bool = False,
 ) -> tuple[YOLODataset, LabelSummary]:
     """The dataset of one split of a loaded dataset YAML, with its labels checked (or read from cache)."""
     if split not in data.splits:
@@ -291,6 +341,7 @@ def create_dataset(
         pad=0.5 if rect else 0.0,
         cache_images=cache_images,
         seed=seed,
+        segments=segments,
     )
     return dataset, summary
 
