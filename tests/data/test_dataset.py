@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from gmyolo.data.augment import letterbox, random_affine, xywhn_to_xyxy
+from gmyolo.data.augment import Instances, letterbox, random_affine, xywhn_to_xyxy
 from gmyolo.data.config import DatasetError, label_path, list_images, load_dataset_config
 from gmyolo.data.dataset import build_dataloader, create_dataset
 from gmyolo.data.labels import load_labels, parse_label_file
@@ -176,9 +176,10 @@ def test_random_affine_moves_boxes_with_pixels():
     boxes = np.array([[20, 30, 60, 70], [90, 10, 150, 50]], np.float32)
     for (x1, y1, x2, y2), c in zip(boxes.astype(int), COLOURS):
         im[y1:y2, x1:x2] = c
+    objects = Instances(np.arange(2, dtype=np.float32), boxes)  # class i: drawn in COLOURS[i]
     for _ in range(5):
-        out, new, keep = random_affine(im, boxes, rng, degrees=0, translate=0.1, scale=0.3)
-        for b, c in zip(new, [c for c, k in zip(COLOURS, keep) if k]):
+        out, moved = random_affine(im, objects, rng, degrees=0, translate=0.1, scale=0.3)
+        for b, c in zip(moved.boxes, [COLOURS[int(k)] for k in moved.cls]):
             found = colour_box(out, c)
             assert found is not None
             np.testing.assert_allclose(found, b, atol=2.5)
