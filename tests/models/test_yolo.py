@@ -88,16 +88,20 @@ def test_every_shipped_config_builds_and_runs(name):
         with torch.no_grad():
             decoded, raw = model(torch.randn(1, 3, h, w))
         cells = [(h // s) * (w // s) for s in model.stride.int().tolist()]  # static strides equal the real ones
-        if model.output_format == "xywh_obj_cls":  # YOLOv5's head: one 5D map per level
+        nm = getattr(model.detect, "nm", 0)  # segmentation: mask coefficients per detection, and prototypes
+        if nm:
+            decoded, prototypes = decoded
+            assert prototypes.shape == (1, nm, h // 4, w // 4) and torch.isfinite(prototypes).all()
+        if model.output_format.startswith("xywh_obj_cls"):  # YOLOv5's head: one 5D map per level
             assert len(raw) == model.detect.nl
             for r, s in zip(raw, model.stride.tolist()):
-                assert r.shape == (1, model.detect.na, h // s, w // s, model.nc + 5)
-            assert decoded.shape == (1, model.detect.na * sum(cells), model.nc + 5)
+                assert r.shape == (1, model.detect.na, h // s, w // s, model.nc + 5 + nm)
+            assert decoded.shape == (1, model.detect.na * sum(cells), model.nc + 5 + nm)
         else:  # anchor-free: one point per cell, every level concatenated
             one2many = raw["one2one"] if model.detect.end2end else raw
             assert one2many["boxes"].shape == (1, 4 * model.detect.reg_max, sum(cells))
             assert one2many["scores"].shape == (1, model.nc, sum(cells))
-            width = 6 if model.output_format == "xyxy_score_class" else 4 + model.nc
+            width = 6 if model.output_format == "xyxy_score_class" else 4 + model.nc + nm
             rows = min(sum(cells), model.detect.max_det) if width == 6 else sum(cells)
             assert decoded.shape == (1, rows, width)
         assert torch.isfinite(decoded).all()

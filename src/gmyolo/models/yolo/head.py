@@ -26,6 +26,10 @@ OUTPUT_FORMATS = {
     YOLOV5_FORMAT: "B×N×(5+nc): cx, cy, w, h in input pixels, objectness, class scores; NMS follows",
     "xywh_cls": "B×N×(4+nc): cx, cy, w, h in input pixels, class scores (no objectness); NMS follows",
     "xyxy_score_class": "B×K×6: x1, y1, x2, y2 in input pixels, score, class id, best first; no NMS (end-to-end)",
+    # Instance segmentation: a pair, the detections with each one's nm mask coefficients appended, and the
+    # prototype masks (a detection's mask is sigmoid(coefficients · prototypes), at 1/4 of the input size).
+    "xywh_obj_cls_masks": "(B×N×(5+nc+nm) as xywh_obj_cls then nm mask coefficients, B×nm×H/4×W/4 prototypes)",
+    "xywh_cls_masks": "(B×N×(4+nc+nm) as xywh_cls then nm mask coefficients, B×nm×H/4×W/4 prototypes)",
 }
 
 
@@ -106,11 +110,15 @@ class Detect(nn.Module):
             p = p.view(bs, self.na, self.no, ny, nx).permute(0, 1, 3, 4, 2).contiguous()
             raw.append(p)
             if not self.training:
-                grid, anchor_grid = self.make_grid(nx, ny, i)
-                xy, wh, conf = p.sigmoid().split((2, 2, self.nc + 1), 4)
-                xy = (xy * 2 + grid) * self.stride[i]
-                wh = (wh * 2) ** 2 * anchor_grid
-                decoded.append(torch.cat((xy, wh, conf), 4).view(bs, self.na * nx * ny, self.no))
+                decoded.append(self.decode_level(p, i).view(bs, self.na * nx * ny, self.no))
         if self.training:
             return raw
         return torch.cat(decoded, 1) if self.export else (torch.cat(decoded, 1), raw)
+
+    def decode_level(self, p: torch.Tensor, i: int) -> torch.Tensor:
+        """Level i's raw B×na×H×W×no -> xywh in input pixels, objectness and class scores (sigmoid)."""
+        grid, anchor_grid = self.make_grid(p.shape[3], p.shape[2], i)
+        xy, wh, conf = p.sigmoid().split((2, 2, self.nc + 1), 4)
+        xy = (xy * 2 + grid) * self.stride[i]
+        wh = (wh * 2) ** 2 * anchor_grid
+        return torch.cat((xy, wh, conf), 4)

@@ -24,6 +24,7 @@ from ..groupmixformer import GroupMixFormer, groupmixformer
 from . import blocks, common
 from .anchor_free import AnchorFreeDetect
 from .head import Detect
+from .segment import AnchorFreeSegment, AnchorSegment
 
 __all__ = ["LayerContext", "BuiltLayer", "LayerType", "MODULES", "register_module", "make_divisible", "checked"]
 
@@ -229,6 +230,35 @@ def detect_head(constructor, ctx: LayerContext) -> BuiltLayer:
     return BuiltLayer(module, [module.no], list(ctx.in_strides), args)
 
 
+def segment_head(constructor, ctx: LayerContext) -> BuiltLayer:
+    """``Segment``: YOLOv5-seg's anchor-based head with ``[nc, anchors, nm, npr]``, else the anchor-free one of
+    YOLOv8-seg / YOLO11-seg with ``[nc]``, ``[nc, nm]`` or ``[nc, nm, npr]`` (defaults 32 and 256). The prototype
+    width ``npr`` scales as a layer's output width does (capped by the scale's max_channels, times width_multiple)."""
+    args = list(ctx.args)
+    anchor_based = len(ctx.raw_args) == 4
+    if not 1 <= len(args) <= 4:
+        raise ValueError(f"Segment takes [nc, nm, npr] (anchor-free) or [nc, anchors, nm, npr] (YOLOv5), got {args}")
+    nc, *rest = args
+    if anchor_based:
+        anchors, nm, npr = rest
+        if isinstance(anchors, int):  # "anchors: 3": placeholders, fitted later
+            anchors = [list(range(anchors * 2))] * len(ctx.in_channels)
+    else:
+        nm, npr = (list(rest) + [32, 256][len(rest) :])[:2]
+    for name, value in (("nm", nm), ("npr", npr)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"Segment's {name} must be a positive integer, got {value!r}")
+    npr = make_divisible(min(npr, ctx.max_channels) * ctx.width_multiple, 8)
+    if anchor_based:
+        args = [nc, anchors, nm, npr, list(ctx.in_channels)]
+        module = checked(AnchorSegment)(*args, strides=list(ctx.in_strides), **ctx.kwargs)
+        return BuiltLayer(module, [module.no * module.na], list(ctx.in_strides), args)
+    options = dict(reg_max=ctx.reg_max, end2end=ctx.end2end, legacy=ctx.shared.get("legacy_head", True))
+    options.update(ctx.kwargs)
+    module = checked(AnchorFreeSegment)(nc, nm, npr, ch=list(ctx.in_channels), strides=list(ctx.in_strides), **options)
+    return BuiltLayer(module, [module.no], list(ctx.in_strides), [nc, nm, npr, list(ctx.in_channels)])
+
+
 def backbone_maps(constructor, ctx: LayerContext) -> BuiltLayer:
     """A multi-output backbone: it declares its maps' channels and strides (``out_channels``/``out_strides``)."""
     module = constructor(*ctx.args, in_chans=ctx.in_channels[0], **ctx.kwargs)
@@ -298,6 +328,7 @@ def _register_defaults() -> None:
     register_module("nn.Identity", nn.Identity, same_channels)
     register_module("nn.BatchNorm2d", nn.BatchNorm2d, batchnorm_channels)
     register_module("Detect", Detect, detect_head)
+    register_module("Segment", AnchorFreeSegment, segment_head)
     register_module("GroupMixFormer", groupmixformer_backbone, backbone_maps, groupmixformer_without_weights)
     register_module("Timm", external.Timm, external.timm_layer, external.timm_without_weights)
     register_module(
