@@ -20,7 +20,16 @@ from ...models.yolo.anchor_free import AnchorFreeDetect
 from ...models.yolo.head import Detect
 from .loss_tal import AnchorFreeLoss, EndToEndLoss
 
-__all__ = ["ComputeLoss", "CRITERIA", "LEVEL_BALANCE", "criterion_of", "scale_loss_gains", "loss_gains", "make_loss"]
+__all__ = [
+    "ComputeLoss",
+    "CRITERIA",
+    "LEVEL_BALANCE",
+    "criterion_of",
+    "register_criterion",
+    "scale_loss_gains",
+    "loss_gains",
+    "make_loss",
+]
 
 # Objectness loss weight per level (P3, P4, P5 and the P3..P7 set of YOLOv5).
 LEVEL_BALANCE = {3: [4.0, 1.0, 0.4]}
@@ -163,3 +172,9 @@ class ComputeLoss:
 # The losses heads declare by name (``criterion``): each is built as ``cls(head, hyp, distributed)`` and scales its
 # gains with ``cls.gains(hyp, head, nc, imgsz)``.
 CRITERIA: dict[str, type] = {"yolov5": ComputeLoss, "tal": AnchorFreeLoss, "end2end": EndToEndLoss}
+
+
+def register_criterion(name: str, loss: type) -> None:
+    """Make ``loss`` the criterion that heads declaring ``name`` train with (another task's losses, such as
+    segmentation's, register themselves when their module is imported)."""
+    CRITERIA[name] = loss

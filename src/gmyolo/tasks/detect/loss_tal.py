@@ -23,6 +23,7 @@ must call it at the same step (it all-reduces); validation uses a plain instance
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,9 +31,9 @@ from torchvision.ops import box_convert, complete_box_iou_loss
 
 from ...engine.distributed import get_world_size, mean_over_ranks
 from ...models.yolo.anchor_free import AnchorFreeDetect, bbox2dist, dist2bbox, make_anchor_points
-from .assigner import task_aligned_assign
+from .assigner import Assignment, task_aligned_assign
 
-__all__ = ["AnchorFreeLoss", "EndToEndLoss", "padded_targets", "dfl_loss", "one_to_many_weight"]
+__all__ = ["AnchorFreeLoss", "EndToEndLoss", "Matched", "padded_targets", "dfl_loss", "one_to_many_weight"]
 
 
 def padded_targets(targets: torch.Tensor, batch_size: int, imgsz: tuple[float, float]):
@@ -78,6 +79,21 @@ def one_to_many_weight(epoch: int, epochs: int, start: float = 0.8, final: float
     return max(1 - epoch / max(epochs - 1, 1), 0.0) * (start - final) + final
 
 
+@dataclass
+class Matched:
+    """A batch's predictions and their assigned targets, as :meth:`AnchorFreeLoss.match` finds them."""
+
+    boxes: torch.Tensor  # B×N×4·reg_max box outputs (fp32)
+    logits: torch.Tensor  # B×N×nc class logits (fp32)
+    distances: torch.Tensor  # B×N×4 predicted side distances, grid units
+    pred_boxes: torch.Tensor  # B×N×4 predicted boxes, xyxy grid units
+    points: torch.Tensor  # N×2 anchor points, grid units
+    strides: torch.Tensor  # N×1 their strides
+    imgsz: tuple[int, int]  # the input's (h, w)
+    assigned: Assignment  # boxes (input pixels), class targets, fg, the target slot of each point
+    norm: torch.Tensor  # the normaliser of every term (see the module docstring)
+
+
 class AnchorFreeLoss:
     """Callable ``loss(raw, targets) -> (total · batch size, [box, cls, dfl] detached)`` (see the module docstring).
 
@@ -115,6 +131,16 @@ class AnchorFreeLoss:
         return boxes.view(b, n, 4, self.reg_max).softmax(-1) @ bins
 
     def __call__(self, raw: dict, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        matched = self.match(raw, targets)
+        return self.total(torch.stack(self.detection_terms(matched)), matched)
+
+    def total(self, items: torch.Tensor, matched: Matched) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss to backpropagate (the items' sum times the global batch) and the items to report."""
+        global_batch = matched.boxes.shape[0] * (get_world_size() if self.distributed else 1)
+        return items.sum() * global_batch, items.detach()
+
+    def match(self, raw: dict, targets: torch.Tensor) -> Matched:
+        """Decode the raw outputs and assign the targets to the anchor points (TAL)."""
         boxes = raw["boxes"].float().permute(0, 2, 1).contiguous()  # B×N×4R
         logits = raw["scores"].float().permute(0, 2, 1).contiguous()  # B×N×nc
         b = boxes.shape[0]
@@ -140,7 +166,14 @@ class AnchorFreeLoss:
         if self.distributed:
             score_sum = mean_over_ranks(score_sum) * get_world_size()
         norm = score_sum.clamp(min=1) / (get_world_size() if self.distributed else 1)
+        return Matched(boxes, logits, distances, pred_boxes, points, strides, imgsz, assigned, norm)
 
+    def detection_terms(self, m: Matched) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The box, class and DFL (or L1) terms, times their gains."""
+        boxes, logits, distances, pred_boxes, points, strides, imgsz = (
+            m.boxes, m.logits, m.distances, m.pred_boxes, m.points, m.strides, m.imgsz
+        )  # fmt: skip
+        assigned, norm = m.assigned, m.norm
         lcls = F.binary_cross_entropy_with_logits(logits, assigned.scores, reduction="sum") / norm
         fg = assigned.fg
         if fg.any():
@@ -159,10 +192,7 @@ class AnchorFreeLoss:
                 ldfl = ((predicted[fg] - sides[fg]).abs().mean(-1) * weight).sum() / norm
         else:  # no positives: zero, with every box output still in the graph (DDP needs every parameter used)
             lbox = ldfl = boxes.sum() * 0.0
-        lbox, lcls, ldfl = lbox * self.hyp["box"], lcls * self.hyp["cls"], ldfl * self.hyp["dfl"]
-        items = torch.stack((lbox, lcls, ldfl))
-        global_batch = b * (get_world_size() if self.distributed else 1)
-        return items.sum() * global_batch, items.detach()
+        return lbox * self.hyp["box"], lcls * self.hyp["cls"], ldfl * self.hyp["dfl"]
 
 
 class EndToEndLoss:

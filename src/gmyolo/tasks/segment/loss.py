@@ -1,0 +1,102 @@
+"""The losses of the segmentation heads: the detection head's loss plus a mask term (YOLACT's, as YOLOv5-seg and
+Ultralytics train it).
+
+A positive anchor point's predicted mask is its coefficients times the prototypes, ``c · P`` (logits, at the
+prototypes' 1/4 resolution); its target is the mask of the object it was assigned, read from the image's overlap
+mask (value j + 1 for the image's j-th target, :mod:`gmyolo.data.dataset`). The mask term is, over the positives,
+
+    sum of mean(BCE(c · P, target) inside the object's box) / (the box's area as a fraction of the image)
+
+divided by the number of positives (DDP: of the global batch, over world, as the box terms are normalised), times
+the box gain (Ultralytics' choice: one gain for the box and its mask). Targets are ``(boxes M×6, masks B×h×w)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from ...engine.distributed import get_world_size, mean_over_ranks
+from ...models.yolo.segment import AnchorFreeSegment
+from ..detect.loss import register_criterion
+from ..detect.loss_tal import AnchorFreeLoss, Matched
+
+__all__ = ["AnchorFreeSegmentLoss", "crop_to_boxes", "mask_loss"]
+
+
+def crop_to_boxes(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """K×H×W maps with everything outside each one's box (K×4 xyxy, in map pixels) set to zero."""
+    _, h, w = maps.shape
+    x1, y1, x2, y2 = boxes[:, :, None, None].unbind(1)
+    cols = torch.arange(w, device=maps.device, dtype=boxes.dtype).view(1, 1, w)
+    rows = torch.arange(h, device=maps.device, dtype=boxes.dtype).view(1, h, 1)
+    return maps * ((cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2))
+
+
+def mask_loss(
+    coefficients: torch.Tensor,
+    prototypes: torch.Tensor,
+    targets: torch.Tensor,
+    boxes: torch.Tensor,
+    areas: torch.Tensor,
+) -> torch.Tensor:
+    """Sum over K objects of the mean BCE of their mask logits inside their box, divided by the box's area.
+
+    coefficients: K×nm; prototypes: nm×H×W; targets: K×H×W in {0, 1}; boxes: K×4 xyxy in prototype pixels;
+    areas: K, each box's area as a fraction of the image's.
+    """
+    logits = torch.einsum("kn,nhw->khw", coefficients, prototypes)
+    bce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    return (crop_to_boxes(bce, boxes).mean(dim=(1, 2)) / areas).sum()
+
+
+class AnchorFreeSegmentLoss(AnchorFreeLoss):
+    """Callable ``loss(raw, (targets, masks)) -> (total · batch size, [box, seg, cls, dfl] detached)``.
+
+    ``raw``: the anchor-free Segment head's training outputs (Detect's, with ``"masks"`` B×nm×N coefficients and
+    ``"prototypes"`` B×nm×h×w); ``masks``: B×h'×w' overlap masks (resized to the prototypes' size if they differ).
+    """
+
+    def __init__(self, detect: AnchorFreeSegment, hyp: Mapping[str, float], distributed: bool = False):
+        super().__init__(detect, hyp, distributed)
+        self.names = ("box_loss", "seg_loss", "cls_loss", self.names[2])
+
+    def __call__(self, raw: dict, targets: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        boxes, masks = targets
+        matched = self.match(raw, boxes)
+        lbox, lcls, ldfl = self.detection_terms(matched)
+        lseg = self.mask_term(raw["masks"], raw["prototypes"], masks, matched) * self.hyp["box"]
+        return self.total(torch.stack((lbox, lseg, lcls, ldfl)), matched)
+
+    def mask_term(
+        self, coefficients: torch.Tensor, prototypes: torch.Tensor, masks: torch.Tensor, m: Matched
+    ) -> torch.Tensor:
+        prototypes = prototypes.float()
+        coefficients = coefficients.float().permute(0, 2, 1)  # B×N×nm
+        h, w = prototypes.shape[2:]
+        masks = masks.to(prototypes.device)
+        if masks.shape[1:] != (h, w):
+            masks = F.interpolate(masks[:, None].float(), (h, w), mode="nearest")[:, 0]
+        fg, index = m.assigned.fg, m.assigned.gt_index
+        positives = fg.sum().float()
+        if self.distributed:
+            positives = mean_over_ranks(positives) * get_world_size()
+        norm = positives.clamp(min=1) / (get_world_size() if self.distributed else 1)
+        ih, iw = m.imgsz
+        to_prototypes = torch.tensor([w / iw, h / ih, w / iw, h / ih], device=prototypes.device)
+        # Zero, with every coefficient and prototype in the graph (DDP needs every parameter used).
+        total = (prototypes.sum() + coefficients.sum()) * 0.0
+        for i in range(len(fg)):
+            if not fg[i].any():
+                continue
+            slots = index[i][fg[i]]  # K: each positive's target in image i
+            target = (masks[i] == (slots + 1).view(-1, 1, 1).to(masks.dtype)).float()  # K×h×w
+            boxes = m.assigned.boxes[i][fg[i]]  # K×4, input pixels
+            areas = ((boxes[:, 2] - boxes[:, 0]) / iw * (boxes[:, 3] - boxes[:, 1]) / ih).clamp(min=1e-9)
+            total = total + mask_loss(coefficients[i][fg[i]], prototypes[i], target, boxes * to_prototypes, areas)
+        return total / norm
+
+
+register_criterion("tal_seg", AnchorFreeSegmentLoss)
