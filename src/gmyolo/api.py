@@ -91,9 +91,10 @@ class YOLO:
             kwargs["weights"] = self.weights
         else:
             kwargs.setdefault("model", self.cfg)
-        from .tasks.detect.train import train
+        from .tasks import trainer_for
 
-        results = train(TrainArgs(data=data, **kwargs))
+        options = TrainArgs(data=data, **kwargs)
+        results = trainer_for(options)(options).train()
         self.__init__(results["best"])
         return results
 

@@ -118,3 +118,8 @@ def test_segment_batches_and_boxes_without_outlines(tmp_path, caplog):
     assert masks.shape == (3, images.shape[2] // 4, images.shape[3] // 4)
     for b in range(3):  # each image's targets number its mask values
         assert int(masks[b].max()) == int((targets[:, 0] == b).sum())
+
+
+def test_an_image_without_objects_has_an_empty_mask():
+    mask, order = polygons_to_masks([], 32, 48, downsample=4)
+    assert mask.shape == (8, 12) and not mask.any() and order.shape == (0,)

@@ -63,6 +63,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> dict:
-    from ..tasks.detect.train import train
+    """Train the task of the model's head (detection, or segmentation for a Segment head)."""
+    from ..tasks import trainer_for
 
-    return train(args_as(TrainArgs, args))  # --hyp's items go as they are: the run reads them (hyp.hyp_values)
+    options = args_as(TrainArgs, args)  # --hyp's items go as they are: the run reads them (hyp.hyp_values)
+    return trainer_for(options)(options).train()

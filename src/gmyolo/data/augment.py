@@ -158,7 +158,7 @@ def polygons_to_masks(
             full[:] = 0
             cv2.fillPoly(full, [np.round((p - 0.5) * 16).astype(np.int32)], 255, cv2.LINE_8, 4)
             m[:] = cv2.resize(full, (w, h), interpolation=cv2.INTER_AREA) > 127
-    order = np.argsort(-masks.reshape(len(masks), -1).sum(1), kind="stable")
+    order = np.argsort(-masks.sum((1, 2)), kind="stable")
     out = np.zeros((h, w), np.int32)
     for rank, i in enumerate(order):
         out[masks[i] > 0] = rank + 1

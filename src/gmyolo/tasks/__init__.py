@@ -1,1 +1,29 @@
-"""What is specific to each task, on top of the task-agnostic :mod:`gmyolo.engine`: ``detect`` and ``classify``."""
+"""What is specific to each task, on top of the task-agnostic :mod:`gmyolo.engine`: ``detect``, ``segment`` and
+``classify``. A YOLO model's task is its head's (``head.task``): :func:`trainer_for` picks the trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def trainer_for(args: Any) -> type:
+    """The trainer of the task the model's head belongs to: the checkpoint's when resuming, else the model YAML's
+    (``args.model``). Detection (:class:`~gmyolo.tasks.detect.train.DetectionTrainer`) or segmentation
+    (:class:`~gmyolo.tasks.segment.train.SegmentationTrainer`)."""
+    from ..models.yolo.model import head_task
+
+    if args.resume:
+        from ..engine.runs import find_last_checkpoint
+        from .detect.checkpoint import load_checkpoint
+
+        path = find_last_checkpoint(args.project) if args.resume == "last" else args.resume
+        task = head_task(load_checkpoint(path)["model_yaml"])
+    else:
+        task = head_task(args.model)
+    if task == "segment":
+        from .segment.train import SegmentationTrainer
+
+        return SegmentationTrainer
+    from .detect.train import DetectionTrainer
+
+    return DetectionTrainer

@@ -97,6 +97,7 @@ class AnchorFreeDetect(nn.Module):
     """
 
     export = False  # when True, eval mode returns only the decoded tensor (for ONNX)
+    task = "detect"
     max_det = 300  # detections an end-to-end head returns per image
     hyp_section = "anchor_free"
 

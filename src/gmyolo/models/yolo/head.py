@@ -8,7 +8,8 @@ bench and export ask the head and never test its type:
 - ``criterion``: the name of the loss (with its target assignment) that trains it, a key of
   :data:`gmyolo.tasks.detect.loss.CRITERIA`;
 - ``loss_names``: the items that loss returns, in order (results.csv's ``train/<name>`` and ``val/<name>``);
-- ``hyp_section``: the section of a hyper-parameter set that holds its loss's keys.
+- ``hyp_section``: the section of a hyper-parameter set that holds its loss's keys;
+- ``task``: the task whose trainer, validator and predictor it goes with (``detect``, ``segment``).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Detect(nn.Module):
     """
 
     export = False  # when True, eval mode returns only the decoded tensor (for ONNX)
+    task = "detect"  # the task that trains it (gmyolo.tasks.trainer_for)
     output_format = YOLOV5_FORMAT
     criterion = "yolov5"  # YOLOv5's loss: anchor-ratio assignment, CIoU, IoU-target objectness, BCE classes
     loss_names = ("box_loss", "obj_loss", "cls_loss")

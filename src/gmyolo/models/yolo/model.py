@@ -14,13 +14,21 @@ from ...errors import ModelConfigError
 from .anchor_free import AnchorFreeDetect
 from .builder import load_model_yaml, parse_model, run_layers
 from .head import Detect
+from .registry import MODULES
 
-__all__ = ["DetectionModel", "is_head"]
+__all__ = ["DetectionModel", "is_head", "head_task"]
 
 
 def is_head(module: nn.Module) -> bool:
     """Whether ``module`` can end a detector: it declares its training contract (see :mod:`.head`)."""
-    return all(hasattr(module, name) for name in ("output_format", "criterion", "loss_names", "hyp_section"))
+    return all(hasattr(module, name) for name in ("output_format", "criterion", "loss_names", "hyp_section", "task"))
+
+
+def head_task(cfg: str | os.PathLike | Mapping[str, Any]) -> str:
+    """The task of a model YAML's head (``detect``, ``segment``), read from the YAML without building the model."""
+    d = load_model_yaml(cfg, None) if not isinstance(cfg, Mapping) else cfg
+    layer = MODULES.get(d["head"][-1][2]) if d.get("head") else None
+    return getattr(layer.constructor, "task", "detect") if layer is not None else "detect"
 
 
 LOGGER = logging.getLogger("gmyolo")

@@ -57,6 +57,7 @@ class AnchorSegment(Detect):
     through (``xywh_obj_cls_masks``).
     """
 
+    task = "segment"
     output_format = "xywh_obj_cls_masks"
     criterion = "yolov5_seg"  # YOLOv5-seg's loss: YOLOv5's, plus the masks' per-pixel BCE inside each box
     loss_names = ("box_loss", "seg_loss", "obj_loss", "cls_loss")
@@ -100,6 +101,8 @@ class AnchorFreeSegment(AnchorFreeDetect):
     Train mode returns Detect's raw dict with ``"masks"`` (B×nm×N coefficients) and ``"prototypes"``
     (B×nm×(2·H0)×(2·W0)). Eval mode returns B×N×(4+nc+nm) (``xywh_cls_masks``) and the prototypes.
     """
+
+    task = "segment"
 
     def __init__(
         self,

@@ -38,11 +38,16 @@ def fitness(map50: float, map50_95: float) -> float:
 
 
 def match_predictions(
-    detections: torch.Tensor, labels: torch.Tensor, iouv: torch.Tensor = IOU_THRESHOLDS, rule: str = "best_iou"
+    detections: torch.Tensor,
+    labels: torch.Tensor,
+    iouv: torch.Tensor = IOU_THRESHOLDS,
+    rule: str = "best_iou",
+    iou: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Which detections are true positives at each IoU threshold.
 
     detections: n×6 [x1, y1, x2, y2, score, class]; labels: m×5 [class, x1, y1, x2, y2] (same pixels).
+    ``iou``: the m×n overlaps to match by instead of the boxes' (segmentation: the masks').
     Returns n×len(iouv) bool. Each label matches at most one detection, at each threshold on its own.
     ``rule``:
 
@@ -56,7 +61,7 @@ def match_predictions(
     correct = torch.zeros(len(detections), len(iouv), dtype=torch.bool)
     if not len(detections) or not len(labels):
         return correct
-    iou = box_iou(labels[:, 1:], detections[:, :4]).cpu()
+    iou = (box_iou(labels[:, 1:], detections[:, :4]) if iou is None else iou).cpu()
     same_class = (labels[:, 0:1] == detections[:, 5]).cpu()
     if rule == "coco":
         return coco_matches(iou, same_class, detections[:, 4].cpu(), iouv)

@@ -97,7 +97,7 @@ class PredictionPictures:
         loader = self.loader
         if self.samples is None:
             n = min(self.max_images, loader.batch_size or 1, len(loader.dataset))  # one batch: shapes agree
-            images, targets, _, _ = loader.collate_fn([loader.dataset[i] for i in range(n)])
+            images, targets = loader.collate_fn([loader.dataset[i] for i in range(n)])[:2]
             self.samples = images, targets
             self._log_plot(tb, "val/labels", images, targets, step)
         images, _ = self.samples
@@ -109,7 +109,12 @@ class PredictionPictures:
         h, w = images.shape[2:]
         rows = []
         output_format = getattr(model, "output_format", YOLOV5_FORMAT)
-        for i, det in enumerate(postprocess(decoded.float(), output_format, self.conf, self.iou, max_det=100)):
+        extra = 0
+        if output_format.endswith("_masks"):  # segmentation: the boxes of (detections, prototypes)
+            decoded, prototypes = decoded
+            extra = prototypes.shape[1]
+        detections = postprocess(decoded.float(), output_format, self.conf, self.iou, max_det=100, extra=extra)
+        for i, det in enumerate(detections):
             det = det.cpu()
             xywh = box_convert(det[:, :4], "xyxy", "cxcywh") / torch.tensor([w, h, w, h])
             rows.append(torch.cat([torch.full((len(det), 1), float(i)), det[:, 5:6], xywh, det[:, 4:5]], 1))

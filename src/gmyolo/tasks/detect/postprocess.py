@@ -25,8 +25,11 @@ def postprocess(
     agnostic: bool = False,
     multi_label: bool = False,
     max_det: int = 300,
+    extra: int = 0,
 ) -> list[torch.Tensor]:
-    """Per image, an n×6 tensor ``[x1, y1, x2, y2, score, class]`` (input pixels), best first."""
+    """Per image, an n×6 tensor ``[x1, y1, x2, y2, score, class]`` (input pixels), best first; with ``extra``
+    trailing columns of ``decoded`` (a segmentation head's mask coefficients: its detections, the first of its
+    ``*_masks`` outputs) n×(6 + extra), those columns carried along."""
     if output_format not in OUTPUT_FORMATS:
         raise ValueError(f"unknown output format {output_format!r}; known: {', '.join(OUTPUT_FORMATS)}")
     if output_format == "xyxy_score_class":
@@ -39,7 +42,8 @@ def postprocess(
         agnostic,
         multi_label,
         max_det,
-        objectness=output_format == YOLOV5_FORMAT,
+        objectness=output_format.startswith(YOLOV5_FORMAT),
+        extra=extra,
     )
 
 
@@ -69,32 +73,35 @@ def non_max_suppression(
     max_det: int = 300,
     max_nms: int = 30000,
     objectness: bool = True,
+    extra: int = 0,
 ) -> list[torch.Tensor]:
-    """Per image, an n×6 tensor ``[x1, y1, x2, y2, score, class]`` (input pixels), best first.
+    """Per image, an n×(6 + extra) tensor ``[x1, y1, x2, y2, score, class, extra...]`` (input pixels), best first.
 
-    ``decoded``: B×N×(5+nc) from YOLOv5's Detect head (xywh, objectness, class scores; score = objectness ×
-    class score), or with ``objectness=False`` B×N×(4+nc) from the anchor-free head (score = class score).
-    ``multi_label`` keeps every class above the threshold per box (used for mAP).
+    ``decoded``: B×N×(5+nc+extra) from YOLOv5's Detect head (xywh, objectness, class scores; score = objectness
+    × class score), or with ``objectness=False`` B×N×(4+nc+extra) from the anchor-free head (score = class
+    score); ``extra`` trailing columns (mask coefficients) ride along. ``multi_label`` keeps every class above
+    the threshold per box (used for mAP).
     """
     if not 0 <= conf_thres <= 1 or not 0 <= iou_thres <= 1:
         raise ValueError(f"conf_thres and iou_thres must be in [0, 1], got {conf_thres}, {iou_thres}")
     first = 5 if objectness else 4  # the first class column
-    nc = decoded.shape[2] - first
+    nc = decoded.shape[2] - first - extra
     multi_label &= nc > 1
     out = []
     for x in decoded:
-        x = x[x[:, 4] > conf_thres] if objectness else x[x[:, 4:].amax(1) > conf_thres]
+        x = x[x[:, 4] > conf_thres] if objectness else x[x[:, 4 : 4 + nc].amax(1) > conf_thres]
         if not len(x):
-            out.append(torch.zeros((0, 6), device=decoded.device))
+            out.append(torch.zeros((0, 6 + extra), device=decoded.device))
             continue
-        scores = x[:, 5:] * x[:, 4:5] if objectness else x[:, 4:]
+        scores = x[:, 5 : 5 + nc] * x[:, 4:5] if objectness else x[:, 4 : 4 + nc]
         boxes = box_convert(x[:, :4], "cxcywh", "xyxy")
+        carried = x[:, first + nc :]
         if multi_label:
             i, j = (scores > conf_thres).nonzero(as_tuple=False).T
-            det = torch.cat((boxes[i], scores[i, j, None], j[:, None].float()), 1)
+            det = torch.cat((boxes[i], scores[i, j, None], j[:, None].float(), carried[i]), 1)
         else:
             conf, j = scores.max(1, keepdim=True)
-            det = torch.cat((boxes, conf, j.float()), 1)[conf.view(-1) > conf_thres]
+            det = torch.cat((boxes, conf, j.float(), carried), 1)[conf.view(-1) > conf_thres]
         if classes is not None:
             det = det[(det[:, 5:6] == torch.tensor(classes, device=det.device)).any(1)]
         if len(det) > max_nms:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ...data.augment import stride_multiple
 from ...data.config import DatasetConfig, load_dataset_config
-from ...data.dataset import build_dataloader, create_dataset
+from ...data.dataset import build_dataloader, collate_fn, create_dataset
 from ...data.plots import plot_batch, plot_labels
 from ...engine.distributed import get_rank, get_world_size, is_main_process, main_process_first
 from ...engine.ema import make_ema
@@ -37,7 +37,7 @@ from .hyp import resolve_hyp
 from .loss import ComputeLoss, loss_gains, make_loss  # noqa: F401 (tests patch ComputeLoss here)
 from .options import TrainArgs
 from .plots import PredictionPictures
-from .validator import format_table, save_validation_plots, validate
+from .validator import Validator, format_table, save_validation_plots
 
 __all__ = [
     "TrainArgs",
@@ -85,6 +85,10 @@ class DetectionTrainer(Trainer):
     command = "gmyolo train"
     loss_names = ("box_loss", "obj_loss", "cls_loss")  # the head's own (``head.loss_names``) once the model is built
     diverged_hint = "Try a lower learning rate (--hyp lr0=...) or --no-amp."
+
+    validator = Validator  # scores the EMA model each epoch, and best.pt at the end
+    segments = False  # the datasets carry the objects' outlines (and batches their masks)
+    collate = staticmethod(collate_fn)  # a loader's batches
 
     def __init__(self, args: TrainArgs):
         super().__init__(args)
@@ -148,10 +152,17 @@ class DetectionTrainer(Trainer):
                 stride=self.stride,
                 cache_images=args.cache,
                 seed=args.seed,
+                segments=self.segments,
             )
         with main_process_first():
             val_set, _ = create_dataset(
-                data, "val", self.imgsz, rect=True, batch_size=args.batch * 2, stride=self.stride
+                data,
+                "val",
+                self.imgsz,
+                rect=True,
+                batch_size=args.batch * 2,
+                stride=self.stride,
+                segments=self.segments,
             )
         pin = self.device.type == "cuda"
         train_loader = build_dataloader(
@@ -162,8 +173,11 @@ class DetectionTrainer(Trainer):
             rank=get_rank(),
             world_size=get_world_size(),
             pin_memory=pin,
+            collate=self.collate,
         )
-        val_loader = build_dataloader(val_set, args.batch * 2, args.workers, shuffle=False, pin_memory=pin)
+        val_loader = build_dataloader(
+            val_set, args.batch * 2, args.workers, shuffle=False, pin_memory=pin, collate=self.collate
+        )
         return train_loader, val_loader
 
     def fit_to_data(self) -> None:
@@ -278,14 +292,10 @@ class DetectionTrainer(Trainer):
                 self.tb.log_image(plotted.stem, plotted, self.epoch + 1)
 
     def validate(self) -> Evaluation:
-        self.last_results = r = validate(
-            self.ema.module,
-            self.val_loader,
-            self.data.names,
-            self.device,
-            compute_loss=self.val_criterion,
-            progress=self.args.progress,
+        validator = self.validator(
+            self.data.names, self.device, compute_loss=self.val_criterion, progress=self.args.progress
         )
+        self.last_results = r = validator(self.ema.module, self.val_loader)
         m = r.metrics
         values = dict(zip(METRIC_COLUMNS, (m.mp, m.mr, m.map50, m.map)))
         values.update({f"val/{n}": v for n, v in zip(self.loss_names, r.loss.tolist())})
@@ -315,13 +325,8 @@ class DetectionTrainer(Trainer):
         return save_checkpoint(path, self.model, **fields)
 
     def final_eval(self, best: Path) -> dict[str, Any]:
-        final = validate(
-            model_from_checkpoint(load_checkpoint(best)).to(self.device).fuse(),
-            self.val_loader,
-            self.data.names,
-            self.device,
-            progress=self.args.progress,
-        )
+        validator = self.validator(self.data.names, self.device, progress=self.args.progress)
+        final = validator(model_from_checkpoint(load_checkpoint(best)).to(self.device).fuse(), self.val_loader)
         print(format_table(final))
         if self.args.plots:
             save_validation_plots(final, self.save_dir)

@@ -34,7 +34,7 @@ from .metrics import (
 )
 from .postprocess import postprocess, scale_boxes
 
-__all__ = ["ValResults", "validate", "format_table"]
+__all__ = ["ValResults", "Validator", "validate", "format_table", "default_matching"]
 
 LOGGER = logging.getLogger("gmyolo")
 
@@ -51,35 +51,50 @@ class ValResults:
     confusion: ConfusionMatrix | None = None
     predictions: list[dict[str, Any]] = field(default_factory=list)  # per image: path, boxes (n×6, original px)
     matching: str = "coco"  # the rule that scored them (see default_matching)
+    mask_metrics: DetectionMetrics | None = None  # segmentation: the same scores of the masks
 
     @property
     def fitness(self) -> float:
-        return fitness(self.metrics.map50, self.metrics.map)
+        """0.1·mAP@0.5 + 0.9·mAP@0.5:0.95 of the boxes, plus the masks' with segmentation (Ultralytics)."""
+        masks = self.mask_metrics
+        return fitness(self.metrics.map50, self.metrics.map) + (fitness(masks.map50, masks.map) if masks else 0.0)
 
     def as_dict(self) -> dict[str, float]:
-        return {
+        out = {
             "precision": self.metrics.mp,
             "recall": self.metrics.mr,
             "mAP50": self.metrics.map50,
             "mAP50-95": self.metrics.map,
         }
+        if self.mask_metrics is not None:
+            m = self.mask_metrics
+            out.update({"mask_precision": m.mp, "mask_recall": m.mr, "mask_mAP50": m.map50, "mask_mAP50-95": m.map})
+        return out
 
 
 def format_table(r: ValResults, per_class: bool = True) -> str:
-    """YOLOv5's validation table: an 'all' row, then one row per class with labels."""
+    """YOLOv5's validation table: an 'all' row, then one row per class with labels; with segmentation, the masks'
+    P, R, mAP50 and mAP50-95 follow the boxes' on each row (as Ultralytics prints them)."""
+    m, masks = r.metrics, r.mask_metrics
     head = f"{'Class':>22}{'Images':>11}{'Instances':>11}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
-    m = r.metrics
-    rows = [
-        head,
-        f"{'all':>22}{r.images:>11}{int(r.instances.sum()):>11}{m.mp:>11.3g}{m.mr:>11.3g}"
-        f"{m.map50:>11.3g}{m.map:>11.3g}",
-    ]
+    if masks is not None:
+        head = f"{'':>44}{'Box':>11}{'':>33}{'Mask':>11}\n{head}{'P':>11}{'R':>11}{'mAP50':>11}{'mAP50-95':>11}"
+
+    def scores(x: DetectionMetrics, i: int | None) -> str:
+        if i is None:
+            return f"{x.mp:>11.3g}{x.mr:>11.3g}{x.map50:>11.3g}{x.map:>11.3g}"
+        return f"{x.p[i]:>11.3g}{x.r[i]:>11.3g}{x.ap50[i]:>11.3g}{x.ap[i].mean():>11.3g}"
+
+    rows = [head, f"{'all':>22}{r.images:>11}{int(r.instances.sum()):>11}" + scores(m, None)]
+    if masks is not None:
+        rows[-1] += scores(masks, None)
     if per_class and len(r.names) > 1:
         for i, c in enumerate(m.classes):
-            rows.append(
-                f"{r.names[c][:22]:>22}{int(r.images_per_class[c]):>11}{int(r.instances[c]):>11}"
-                f"{m.p[i]:>11.3g}{m.r[i]:>11.3g}{m.ap50[i]:>11.3g}{m.ap[i].mean():>11.3g}"
-            )
+            row = f"{r.names[c][:22]:>22}{int(r.images_per_class[c]):>11}{int(r.instances[c]):>11}" + scores(m, i)
+            if masks is not None:
+                j = list(masks.classes).index(c) if c in list(masks.classes) else None
+                row += scores(masks, j) if j is not None else f"{0:>11.3g}" * 4
+            rows.append(row)
     return "\n".join(rows)
 
 
@@ -107,81 +122,141 @@ def validate(
     (pycocotools'), see :func:`.metrics.match_predictions` and :data:`.metrics.AP_INTEGRATION`; default
     ``best_iou`` for YOLOv5's head, ``coco`` for the others.
     """
-    device = torch.device(device)
-    was_training = isinstance(model, nn.Module) and model.training
-    if isinstance(model, nn.Module):
-        model.eval()
-    nc = len(names)
-    iouv = IOU_THRESHOLDS
-    confusion = ConfusionMatrix(nc)
-    stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    loss_sum: torch.Tensor | float = 0.0  # the loss items' sums (as many as the head's loss_names), with compute_loss
-    n_batches, n_images = 0, 0
-    t_pre = t_inf = t_nms = 0.0
-    instances = np.zeros(nc, np.int64)
-    images_per_class = np.zeros(nc, np.int64)
-    predictions: list[dict[str, Any]] = []
-    output_format = getattr(model, "output_format", YOLOV5_FORMAT)
-    rule = matching or default_matching(output_format)
-    if rule not in AP_INTEGRATION:
-        raise ValueError(f"unknown matching rule {rule!r}; known: {', '.join(AP_INTEGRATION)}")
-    bar = tqdm(loader, desc=f"{'validating':>22}", leave=False, disable=not progress, dynamic_ncols=True)
-    for images, targets, paths, shapes in bar:
-        t0 = time.perf_counter()
-        images = images.to(device, non_blocking=True)
-        images = (images.half() if half else images.float()) / 255
-        targets = targets.to(device)
-        b, _, h, w = images.shape
-        t1 = time.perf_counter()
-        out = model(images)  # a module in eval mode returns (decoded, raw); exported backends only decoded
-        decoded, raw = out if isinstance(out, tuple) else (out, None)
-        t2 = time.perf_counter()
-        if compute_loss is not None:
-            loss_sum += compute_loss(as_float(raw), targets)[1].cpu()
-        targets[:, 2:] *= torch.tensor((w, h, w, h), device=device)
-        detections = postprocess(decoded.float(), output_format, conf, iou, multi_label=True, max_det=max_det)
-        t3 = time.perf_counter()
-        t_pre, t_inf, t_nms = t_pre + t1 - t0, t_inf + t2 - t1, t_nms + t3 - t2
-        n_batches += 1
-        for si, det in enumerate(detections):
-            labels = targets[targets[:, 0] == si, 1:]
-            cls = labels[:, 0].long().cpu()
-            instances += np.bincount(cls.numpy(), minlength=nc)[:nc]
-            images_per_class[np.unique(cls.numpy())] += 1
-            n_images += 1
-            det = det.clone()
-            if shapes[si] is not None:
-                scale_boxes(det[:, :4], shapes[si][0], shapes[si][1])
-            tbox = box_convert(labels[:, 1:5], "cxcywh", "xyxy")
-            if shapes[si] is not None:
-                scale_boxes(tbox, shapes[si][0], shapes[si][1])
-            labelsn = torch.cat((labels[:, :1], tbox), 1)
-            correct = match_predictions(det, labelsn, iouv, rule)
-            stats.append((correct, det[:, 4].cpu(), det[:, 5].cpu(), cls))
-            confusion.update(det, labelsn)
-            if keep_predictions:
-                predictions.append({"path": paths[si], "boxes": det.cpu()})
-    bar.close()
-    if stats:
-        tp, confs, pcls, tcls = (torch.cat(x, 0).numpy() for x in zip(*stats))
-    else:
-        tp, confs, pcls, tcls = np.zeros((0, len(iouv)), bool), np.zeros(0), np.zeros(0), np.zeros(0)
-    metrics = ap_per_class(tp, confs, pcls, tcls, integration=AP_INTEGRATION[rule])
-    n = max(n_images, 1)
-    if isinstance(model, nn.Module):
-        model.train(was_training)
-    return ValResults(
-        metrics=metrics,
-        names=list(names),
-        images=n_images,
-        instances=instances,
-        images_per_class=images_per_class,
-        loss=(loss_sum / n_batches).numpy() if compute_loss is not None and n_batches else None,
-        speed_ms={"preprocess": 1e3 * t_pre / n, "inference": 1e3 * t_inf / n, "nms": 1e3 * t_nms / n},
-        confusion=confusion,
-        predictions=predictions,
-        matching=rule,
-    )
+    validator = Validator(names, device, conf, iou, max_det, half, compute_loss, keep_predictions, progress, matching)
+    return validator(model, loader)
+
+
+class Validator:
+    """One pass over a validation loader (:func:`validate` documents the arguments). A task whose batches or
+    predictions hold more (segmentation: masks) overrides the hooks: ``unpack`` (a loader batch), ``split``
+    (the model's output), ``detections`` (NMS), ``score`` (one image's predictions against its labels) and
+    ``results``."""
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        device: torch.device | str = "cpu",
+        conf: float = 0.001,
+        iou: float = 0.6,
+        max_det: int = 300,
+        half: bool = False,
+        compute_loss=None,
+        keep_predictions: bool = False,
+        progress: bool = True,
+        matching: str | None = None,
+    ):
+        self.names, self.device = list(names), torch.device(device)
+        self.conf, self.iou, self.max_det, self.half = conf, iou, max_det, half
+        self.compute_loss, self.keep_predictions, self.progress, self.matching = (
+            compute_loss, keep_predictions, progress, matching
+        )  # fmt: skip
+        self.nc = len(self.names)
+
+    # ---- hooks ----------------------------------------------------------------------------------
+    def unpack(self, batch) -> tuple[torch.Tensor, torch.Tensor, list[str], list, Any]:
+        """A loader batch -> images, targets, paths, shapes and what else the task's batches hold (None)."""
+        images, targets, paths, shapes = batch
+        return images, targets, paths, shapes, None
+
+    def split(self, out: Any) -> tuple[Any, Any]:
+        """The model's output -> (decoded, raw); exported backends give the decoded output alone (raw None)."""
+        return out if isinstance(out, tuple) else (out, None)
+
+    def loss_targets(self, targets: torch.Tensor, extra: Any) -> Any:
+        return targets
+
+    def detections(self, decoded: Any) -> list[torch.Tensor]:
+        """Decoded output -> per image n×6 [x1, y1, x2, y2, score, class] in input pixels (every class above conf)."""
+        return postprocess(
+            decoded.float(), self.output_format, self.conf, self.iou, multi_label=True, max_det=self.max_det
+        )
+
+    def score(self, si: int, det: torch.Tensor, labels: torch.Tensor, shape: Any, extra: Any) -> None:
+        """Image ``si`` of the batch: its detections (input pixels) against its labels ([class, cx, cy, w, h] in
+        input pixels); ``shape`` maps input pixels to the original image (None for a mosaic)."""
+        det = det[:, :6].clone()
+        if shape is not None:
+            scale_boxes(det[:, :4], shape[0], shape[1])
+        tbox = box_convert(labels[:, 1:5], "cxcywh", "xyxy")
+        if shape is not None:
+            scale_boxes(tbox, shape[0], shape[1])
+        labelsn = torch.cat((labels[:, :1], tbox), 1)
+        correct = match_predictions(det, labelsn, IOU_THRESHOLDS, self.rule)
+        self.stats.append((correct, det[:, 4].cpu(), det[:, 5].cpu(), labels[:, 0].long().cpu()))
+        self.confusion.update(det, labelsn)
+        if self.keep_predictions:
+            self.predictions.append({"path": self.paths[si], "boxes": det.cpu()})
+
+    def results(self, **fields: Any) -> ValResults:
+        return ValResults(metrics=self.metrics_of(self.stats), **fields)
+
+    # ---- the pass -------------------------------------------------------------------------------
+    def metrics_of(self, stats: list[tuple[torch.Tensor, ...]]) -> DetectionMetrics:
+        """P, R and AP per class from (correct, score, class, label class) per image, by the rule's integration."""
+        if stats:
+            tp, confs, pcls, tcls = (torch.cat(x, 0).numpy() for x in zip(*stats))
+        else:
+            tp, confs, pcls, tcls = np.zeros((0, len(IOU_THRESHOLDS)), bool), np.zeros(0), np.zeros(0), np.zeros(0)
+        return ap_per_class(tp, confs, pcls, tcls, integration=AP_INTEGRATION[self.rule])
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, loader: torch.utils.data.DataLoader) -> ValResults:
+        device, nc = self.device, self.nc
+        was_training = isinstance(model, nn.Module) and model.training
+        if isinstance(model, nn.Module):
+            model.eval()
+        self.confusion = ConfusionMatrix(nc)
+        self.stats: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.predictions: list[dict[str, Any]] = []
+        loss_sum: torch.Tensor | float = 0.0  # the loss items' sums (as many as the head's loss_names)
+        n_batches, n_images = 0, 0
+        t_pre = t_inf = t_nms = 0.0
+        instances = np.zeros(nc, np.int64)
+        images_per_class = np.zeros(nc, np.int64)
+        self.output_format = getattr(model, "output_format", YOLOV5_FORMAT)
+        self.rule = self.matching or default_matching(self.output_format)
+        if self.rule not in AP_INTEGRATION:
+            raise ValueError(f"unknown matching rule {self.rule!r}; known: {', '.join(AP_INTEGRATION)}")
+        bar = tqdm(loader, desc=f"{'validating':>22}", leave=False, disable=not self.progress, dynamic_ncols=True)
+        for batch in bar:
+            t0 = time.perf_counter()
+            images, targets, self.paths, shapes, extra = self.unpack(batch)
+            images = images.to(device, non_blocking=True)
+            images = (images.half() if self.half else images.float()) / 255
+            targets = targets.to(device)
+            b, _, h, w = images.shape
+            t1 = time.perf_counter()
+            decoded, raw = self.split(model(images))
+            t2 = time.perf_counter()
+            if self.compute_loss is not None:
+                loss_sum += self.compute_loss(as_float(raw), self.loss_targets(targets, extra))[1].cpu()
+            targets[:, 2:] *= torch.tensor((w, h, w, h), device=device)
+            detections = self.detections(decoded)
+            t3 = time.perf_counter()
+            t_pre, t_inf, t_nms = t_pre + t1 - t0, t_inf + t2 - t1, t_nms + t3 - t2
+            n_batches += 1
+            for si, det in enumerate(detections):
+                labels = targets[targets[:, 0] == si, 1:]
+                cls = labels[:, 0].long().cpu().numpy()
+                instances += np.bincount(cls, minlength=nc)[:nc]
+                images_per_class[np.unique(cls)] += 1
+                n_images += 1
+                self.score(si, det, labels, shapes[si], extra)
+        bar.close()
+        n = max(n_images, 1)
+        if isinstance(model, nn.Module):
+            model.train(was_training)
+        return self.results(
+            names=self.names,
+            images=n_images,
+            instances=instances,
+            images_per_class=images_per_class,
+            loss=(loss_sum / n_batches).numpy() if self.compute_loss is not None and n_batches else None,
+            speed_ms={"preprocess": 1e3 * t_pre / n, "inference": 1e3 * t_inf / n, "nms": 1e3 * t_nms / n},
+            confusion=self.confusion,
+            predictions=self.predictions,
+            matching=self.rule,
+        )
 
 
 def default_matching(output_format: str) -> str:
