@@ -312,7 +312,7 @@ def test_polygon_labels_are_checked_and_kept(tmp_path):
 def test_polygons_survive_the_label_cache(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()
-    for name, text in (("a", "0 0.1 0.1 0.4 0.1 0.4 0.4\n0 0.5 0.5 0.2 0.2\n"), ("b", "1 0.5 0.5 0.2 0.2\n")):
+    for name, text in (("a", "0 0.123457 0.1 0.400002 0.1 0.4 0.4\n0 0.5 0.5 0.2 0.2\n"), ("b", "1 0.5 0.5 0.2 0.2\n")):
         cv2.imwrite(str(tmp_path / f"images/{name}.png"), np.zeros((32, 32, 3), np.uint8))
         (tmp_path / f"labels/{name}.txt").write_text(text)
     images = list_images([tmp_path / "images"])
@@ -322,4 +322,7 @@ def test_polygons_survive_the_label_cache(tmp_path):
     for r in (fresh, cached):
         a, b = sorted(r, key=lambda rec: rec.image.name)
         assert [p.shape for p in a.segments] == [(3, 2), (0, 2)] and b.segments == []
-        np.testing.assert_allclose(a.segments[0], [[0.1, 0.1], [0.4, 0.1], [0.4, 0.4]])
+        np.testing.assert_allclose(a.segments[0], [[0.123457, 0.1], [0.400002, 0.1], [0.4, 0.4]])
+    # Exactly what a fresh check gives (a box derived from a polygon has more digits than the file's values).
+    for f, c in zip(sorted(fresh, key=lambda r: r.image.name), sorted(cached, key=lambda r: r.image.name)):
+        assert np.array_equal(f.labels, c.labels) and all(map(np.array_equal, f.segments, c.segments))

@@ -79,14 +79,14 @@ def worker(rank: int, world: int, port: int, out: str, args: dict, options: dict
     real_wrap = base_trainer_module.wrap_model
     base_trainer_module.wrap_model = lambda model, *a: (models.append(model), real_wrap(model, *a))[1]
     if options.get("never_better"):  # real validation (rank 0), but no improvement after epoch 1
-        real_validate = trainer_module.validate
 
-        def never_better(*a, **k):
-            results = real_validate(*a, **k)
-            results.metrics.ap[:] = 0.0
-            return results
+        class NeverBetter(trainer_module.Validator):
+            def __call__(self, model, loader):
+                results = super().__call__(model, loader)
+                results.metrics.ap[:] = 0.0
+                return results
 
-        trainer_module.validate = never_better
+        trainer_module.DetectionTrainer.validator = NeverBetter
     if options.get("nan_rank") == rank:  # this rank alone gets a NaN loss in its 3rd step (epoch 2)
         real_call, calls = trainer_module.ComputeLoss.__call__, [0]
 

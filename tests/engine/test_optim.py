@@ -228,19 +228,21 @@ def pretrained_run(request, tmp_path_factory) -> Path:
         how = dict(backbone_weights=str(weights))
     else:
         how = dict(model=str(yaml_with_pretrained(root, weights)))
-    real_validate, calls = trainer_module.validate, {"n": 0}
 
-    def interrupt_in_epoch_2(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_validate(*a, **k)
+    class InterruptInEpoch2(trainer_module.Validator):
+        calls = 0
+
+        def __call__(self, model, loader):
+            type(self).calls += 1
+            if type(self).calls == 2:
+                raise KeyboardInterrupt
+            return super().__call__(model, loader)
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the nano model at 64 px is dispatch-bound: a second thread only adds waiting
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(trainer_module, "validate", interrupt_in_epoch_2)
+            mp.setattr(trainer_module.DetectionTrainer, "validator", InterruptInEpoch2)
             with pytest.raises(KeyboardInterrupt):
                 train(TrainArgs(data=str(data), epochs=2, project=str(root), **{**FAST, **how}))
     finally:

@@ -321,8 +321,10 @@ def write_cache(path: Path, digest: str, nc: int, records: list[ImageRecord], su
                 "image": str(r.image),
                 "height": r.height,
                 "width": r.width,
-                "labels": r.labels.round(6).tolist(),
-                **({"segments": [p.round(6).ravel().tolist() for p in r.segments]} if r.segments else {}),
+                # Exact (float32 values as JSON numbers): a run reading the cache sees the labels a fresh check
+                # gives (boxes derived from polygons have more digits than the files).
+                "labels": r.labels.tolist(),
+                **({"segments": [p.ravel().tolist() for p in r.segments]} if r.segments else {}),
             }
             for r in records
         ],

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 
@@ -27,3 +28,18 @@ def trainer_for(args: Any) -> type:
     from .detect.train import DetectionTrainer
 
     return DetectionTrainer
+
+
+def validator_for(output_format: str) -> tuple[type, bool, Callable]:
+    """The validator of a model's decoded output (its head's ``output_format``), whether its dataset carries the
+    objects' outlines, and its loader's collate function: segmentation's for the ``*_masks`` formats (masks in the
+    batches), detection's otherwise."""
+    from ..data.dataset import collate_fn, collate_segments
+
+    if output_format.endswith("_masks"):
+        from .segment.val import SegmentValidator
+
+        return SegmentValidator, True, collate_segments
+    from .detect.validator import Validator
+
+    return Validator, False, collate_fn

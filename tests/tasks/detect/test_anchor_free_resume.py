@@ -1,7 +1,7 @@
-"""SIGKILL mid-epoch, then --resume, with the anchor-free and end-to-end heads: the resumed run ends bit for bit where
-an uninterrupted one does (weights, EMA, optimizer, RNG, every results.csv value). For the end-to-end head this
-also covers the one-to-many weight of its dual loss, which depends on the epoch. The harness follows
-tests/engine/test_faults.py."""
+"""SIGKILL mid-epoch, then --resume, with the anchor-free, end-to-end and segmentation heads: the resumed run ends
+bit for bit where an uninterrupted one does (weights, EMA, optimizer, RNG, every results.csv value). For the
+end-to-end head this also covers the one-to-many weight of its dual loss, which depends on the epoch. The harness
+follows tests/engine/test_faults.py."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ CLI += ["--device", "cpu", "--no-plots", "--no-tensorboard"]
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     return str(make_synthetic_dataset(tmp_path_factory.mktemp("synth"), seed=0, n_train=16, n_val=8, imgsz=96))
+
+
+@pytest.fixture(scope="module")
+def synth_segments(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthseg")
+    return str(make_synthetic_dataset(root, seed=0, n_train=16, n_val=8, imgsz=96, segments=True))
 
 
 def read_rows(path) -> list[dict[str, str]]:
@@ -45,8 +51,11 @@ def assert_same_training_state(a: dict, b: dict) -> None:
     assert torch.equal(a["rng_state"], b["rng_state"])
 
 
-@pytest.mark.parametrize("model", ["yolo11n-gmf-nano", "yolo26n-gmf-nano"])
-def test_sigkill_mid_epoch_then_resume(synth, tmp_path, model, kill_when_seen):
+@pytest.mark.parametrize("model", ["yolo11n-gmf-nano", "yolo26n-gmf-nano", "yolo11n-gmf-nano-seg"])
+def test_sigkill_mid_epoch_then_resume(request, tmp_path, model, kill_when_seen):
+    # The segmentation model (the anchor-free head with masks) on the shapes' outlines; the task follows the head.
+    synth = request.getfixturevalue("synth_segments" if model.endswith("-seg") else "synth")
+
     def command(project):
         return [sys.executable, "-m", "gmyolo", "train", "--data", synth, "--model", model, "--epochs", "3",
                 "--project", str(tmp_path / project), *CLI]  # fmt: skip
@@ -68,6 +77,7 @@ def test_sigkill_mid_epoch_then_resume(synth, tmp_path, model, kill_when_seen):
         straight.wait()
     rows = read_rows(run / "results.csv")
     assert [r["epoch"] for r in rows] == ["1", "2", "3"] and "train/cls_loss" in rows[0]
+    assert ("metrics/mask_mAP_0.5" in rows[0]) == model.endswith("-seg")
     resumed = torch.load(run / "weights/last.pt", weights_only=True)
     uninterrupted = torch.load(tmp_path / "straight/exp/weights/last.pt", weights_only=True)
     assert resumed["epoch"] == 2

@@ -92,18 +92,19 @@ def test_resume_continues_exactly(synth, tmp_path, monkeypatch):
     base = dict(data=synth, epochs=3, plots=False, close_mosaic=1, **FAST)
     straight = train(TrainArgs(project=str(tmp_path / "a"), **base))
 
-    real_validate, calls = trainer_module.validate, {"n": 0}
+    class InterruptInEpoch2(trainer_module.Validator):  # Ctrl-C while epoch 2 validates: last.pt holds epoch 1
+        calls = 0
 
-    def interrupt_in_epoch_2(*a, **k):  # Ctrl-C while epoch 2 validates: last.pt holds epoch 1
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real_validate(*a, **k)
+        def __call__(self, model, loader):
+            type(self).calls += 1
+            if type(self).calls == 2:
+                raise KeyboardInterrupt
+            return super().__call__(model, loader)
 
-    monkeypatch.setattr(trainer_module, "validate", interrupt_in_epoch_2)
+    monkeypatch.setattr(trainer_module.DetectionTrainer, "validator", InterruptInEpoch2)
     with pytest.raises(KeyboardInterrupt):
         train(TrainArgs(project=str(tmp_path / "b"), **base))
-    monkeypatch.setattr(trainer_module, "validate", real_validate)
+    monkeypatch.undo()
     last = tmp_path / "b/exp/weights/last.pt"
     assert torch.load(last, weights_only=True)["epoch"] == 0
     resumed = train(TrainArgs(resume=str(last), progress=False))
@@ -208,14 +209,13 @@ def test_python_api(synth, tmp_path):
 
 
 def test_early_stopping(synth, tmp_path, monkeypatch, caplog):
-    real_validate = trainer_module.validate
+    class NeverBetter(trainer_module.Validator):  # real validation, but a fitness that never improves after epoch 1
+        def __call__(self, model, loader):
+            results = super().__call__(model, loader)
+            results.metrics.ap[:] = 0.0
+            return results
 
-    def never_better(*a, **k):  # real validation, but a fitness that never improves after epoch 1
-        results = real_validate(*a, **k)
-        results.metrics.ap[:] = 0.0
-        return results
-
-    monkeypatch.setattr(trainer_module, "validate", never_better)
+    monkeypatch.setattr(trainer_module.DetectionTrainer, "validator", NeverBetter)
     with caplog.at_level("INFO", logger="gmyolo"):
         r = train(TrainArgs(data=synth, epochs=5, patience=2, project=str(tmp_path), plots=False, **FAST))
     assert r["epochs_trained"] == 3 and "early stop" in caplog.text

@@ -16,7 +16,7 @@ from ...engine.runs import increment_path
 from .backends import load_backend
 from .coco_eval import coco_detections, coco_ground_truth, run_cocoeval
 from .options import ValArgs
-from .validator import format_table, save_validation_plots, validate
+from .validator import format_table, save_validation_plots
 
 __all__ = ["ValArgs", "run_val", "MATCHING_RULES"]
 
@@ -48,13 +48,26 @@ def run_val(args: ValArgs) -> dict[str, Any]:
         if args.imgsz and (args.imgsz, args.imgsz) != backend.imgsz:
             raise ValueError(f"{args.weights} was exported for {backend.imgsz[0]} px inputs; drop --imgsz or re-export")
         imgsz = backend.imgsz[0]
+    from .. import validator_for  # the head's task: detection, or segmentation (masks in the batches)
+
+    validator_type, segments, collate = validator_for(backend.output_format)
     dataset, _ = create_dataset(
-        data, args.split, imgsz, rect=backend.dynamic_size, batch_size=args.batch, stride=stride
+        data,
+        args.split,
+        imgsz,
+        rect=backend.dynamic_size,
+        batch_size=args.batch,
+        stride=stride,
+        segments=segments,
     )
-    loader = build_dataloader(dataset, args.batch if backend.dynamic_batch else 1, args.workers, shuffle=False)
-    results = validate(
-        backend,
-        loader,
+    loader = build_dataloader(
+        dataset,
+        args.batch if backend.dynamic_batch else 1,
+        args.workers,
+        shuffle=False,
+        collate=collate,
+    )
+    validator = validator_type(
         data.names,
         device,
         conf=args.conf,
@@ -64,6 +77,7 @@ def run_val(args: ValArgs) -> dict[str, Any]:
         progress=args.progress,
         matching=None if args.matching == "auto" else args.matching,
     )
+    results = validator(backend, loader)
     save_dir = increment_path(Path(args.project) / args.name, args.exist_ok)
     save_dir.mkdir(parents=True, exist_ok=True)
     print(format_table(results))

@@ -1,0 +1,84 @@
+"""Segmentation end to end: the task follows the head (CLI and API), results.csv and gmyolo val carry box and mask
+metrics, and a run stopped by Ctrl-C resumes bit for bit."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from gmyolo import YOLO
+from gmyolo.cli.main import main
+from gmyolo.data.synth import make_synthetic_dataset
+from gmyolo.tasks import trainer_for
+from gmyolo.tasks.detect.options import TrainArgs
+from gmyolo.tasks.detect.val import ValArgs, run_val
+from gmyolo.tasks.segment.train import MASK_COLUMNS, SegmentationTrainer, SegmentValidator
+
+FAST = dict(model="yolo11n-gmf-nano-seg", imgsz=64, batch=8, nbs=8, workers=0, progress=False, plots=False)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthseg")
+    return str(make_synthetic_dataset(root, seed=0, n_train=16, n_val=8, imgsz=96, segments=True))
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_the_task_follows_the_head():
+    assert trainer_for(TrainArgs(model="yolo11n-gmf-nano-seg")) is SegmentationTrainer
+    assert trainer_for(TrainArgs(model="yolo11n-gmf-nano")).__name__ == "DetectionTrainer"
+
+
+@pytest.fixture
+def one_thread():
+    """Convolutions summed by one thread: the same order in every run of this process (the validation losses of
+    runs in one process with two threads can differ in their sixth digit)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_stopped_run_resumes_exactly_and_val_reads_masks(synth, tmp_path, monkeypatch, one_thread):
+    base = dict(data=synth, epochs=3, close_mosaic=1, **FAST)
+    api = {k: v for k, v in base.items() if k != "model"}  # the API: the task of the YAML YOLO was given
+    straight = YOLO("yolo11n-gmf-nano-seg").train(project=str(tmp_path / "a"), **api)
+    rows = read_csv(tmp_path / "a/exp/results.csv")
+    assert set(MASK_COLUMNS) <= set(rows[0]) and "train/seg_loss" in rows[0] and "val/seg_loss" in rows[0]
+    assert "mask_mAP50" in straight
+
+    class InterruptInEpoch2(SegmentValidator):  # Ctrl-C while epoch 2 validates: last.pt holds epoch 1
+        calls = 0
+
+        def __call__(self, model, loader):
+            type(self).calls += 1
+            if type(self).calls == 2:
+                raise KeyboardInterrupt
+            return super().__call__(model, loader)
+
+    monkeypatch.setattr(SegmentationTrainer, "validator", InterruptInEpoch2)
+    code = main(["train", "--model", "yolo11n-gmf-nano-seg", "--data", synth, "--epochs", "3", "--close-mosaic", "1",
+              "--imgsz", "64", "--batch", "8", "--nbs", "8", "--workers", "0", "--no-plots",
+                 "--project", str(tmp_path / "b")])  # fmt: skip
+    assert code == 130  # the CLI: stopped, with the resume line
+    monkeypatch.undo()
+    last = tmp_path / "b/exp/weights/last.pt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    options = TrainArgs(resume=str(last), progress=False)
+    assert trainer_for(options) is SegmentationTrainer  # from the checkpoint's head
+    resumed = trainer_for(options)(options).train()
+    a = torch.load(straight["last"], weights_only=True)
+    b = torch.load(resumed["last"], weights_only=True)
+    for part in ("model", "ema"):
+        for k, v in a[part].items():
+            assert torch.equal(b[part][k], v), (part, k)
+    assert read_csv(tmp_path / "a/exp/results.csv") == read_csv(tmp_path / "b/exp/results.csv")
+    metrics = run_val(ValArgs(weights=resumed["best"], imgsz=64, batch=8, workers=0, progress=False, plots=False,
+                              project=str(tmp_path / "val")))  # fmt: skip
+    assert metrics["mask_mAP50-95"] == pytest.approx(resumed["mask_mAP50-95"], abs=1e-6)
