@@ -119,3 +119,25 @@ def signal_group_when_seen():
     """Signal a command's whole process group once its stderr shows a marker (the process-group stop tests):
     ``signal_group_when_seen(argv, marker, env, cwd, signals=((SIGTERM, 0.0),)) -> (exit code, stderr, left)``."""
     return _signal_group_when_seen
+
+
+def _validator_interrupted_at(validator: type, call: int = 2) -> type:
+    """``validator`` (a trainer's Validator class) raising KeyboardInterrupt, as Ctrl-C would, when it is called for
+    the ``call``-th time: with one validation per epoch, while epoch ``call`` validates (last.pt then holds the epoch
+    before)."""
+
+    class Interrupted(validator):
+        calls = 0
+
+        def __call__(self, model, loader):
+            type(self).calls += 1
+            if type(self).calls == call:
+                raise KeyboardInterrupt
+            return super().__call__(model, loader)
+
+    return Interrupted
+
+
+@pytest.fixture(scope="session")
+def validator_interrupted_at():
+    return _validator_interrupted_at

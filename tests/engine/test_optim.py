@@ -218,7 +218,7 @@ def test_classification_optimizer_skips_the_models_no_weight_decay_set():
 # End to end: --backbone-weights in training, and resuming such a run
 # --------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module", params=["backbone_weights", "yaml_pretrained"])
-def pretrained_run(request, tmp_path_factory) -> Path:
+def pretrained_run(request, tmp_path_factory, validator_interrupted_at) -> Path:
     """last.pt of a 2-epoch run whose backbone started from the authors' weights (``--backbone-weights``, or the
     model YAML's ``pretrained``), interrupted while epoch 2 validated: it holds epoch 1."""
     root = tmp_path_factory.mktemp(request.param)
@@ -229,20 +229,11 @@ def pretrained_run(request, tmp_path_factory) -> Path:
     else:
         how = dict(model=str(yaml_with_pretrained(root, weights)))
 
-    class InterruptInEpoch2(trainer_module.Validator):
-        calls = 0
-
-        def __call__(self, model, loader):
-            type(self).calls += 1
-            if type(self).calls == 2:
-                raise KeyboardInterrupt
-            return super().__call__(model, loader)
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the nano model at 64 px is dispatch-bound: a second thread only adds waiting
     try:
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(trainer_module.DetectionTrainer, "validator", InterruptInEpoch2)
+            mp.setattr(trainer_module.DetectionTrainer, "validator", validator_interrupted_at(trainer_module.Validator))
             with pytest.raises(KeyboardInterrupt):
                 train(TrainArgs(data=str(data), epochs=2, project=str(root), **{**FAST, **how}))
     finally:

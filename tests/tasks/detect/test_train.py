@@ -88,20 +88,14 @@ def test_training_improves_map(trained_run, untrained_weights, tmp_path):
         assert float(rows[-1][loss]) < 0.96 * float(rows[0][loss]), loss
 
 
-def test_resume_continues_exactly(synth, tmp_path, monkeypatch):
+def test_resume_continues_exactly(synth, tmp_path, monkeypatch, validator_interrupted_at):
     base = dict(data=synth, epochs=3, plots=False, close_mosaic=1, **FAST)
     straight = train(TrainArgs(project=str(tmp_path / "a"), **base))
 
-    class InterruptInEpoch2(trainer_module.Validator):  # Ctrl-C while epoch 2 validates: last.pt holds epoch 1
-        calls = 0
-
-        def __call__(self, model, loader):
-            type(self).calls += 1
-            if type(self).calls == 2:
-                raise KeyboardInterrupt
-            return super().__call__(model, loader)
-
-    monkeypatch.setattr(trainer_module.DetectionTrainer, "validator", InterruptInEpoch2)
+    # Ctrl-C while epoch 2 validates: last.pt holds epoch 1
+    monkeypatch.setattr(
+        trainer_module.DetectionTrainer, "validator", validator_interrupted_at(trainer_module.Validator)
+    )
     with pytest.raises(KeyboardInterrupt):
         train(TrainArgs(project=str(tmp_path / "b"), **base))
     monkeypatch.undo()

@@ -45,7 +45,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_a_stopped_run_resumes_exactly_and_val_reads_masks(synth, tmp_path, monkeypatch, one_thread):
+def test_a_stopped_run_resumes_exactly_and_val_reads_masks(
+    synth, tmp_path, monkeypatch, one_thread, validator_interrupted_at
+):
     base = dict(data=synth, epochs=3, close_mosaic=1, **FAST)
     api = {k: v for k, v in base.items() if k != "model"}  # the API: the task of the YAML YOLO was given
     straight = YOLO("yolo11n-gmf-nano-seg").train(project=str(tmp_path / "a"), **api)
@@ -53,16 +55,8 @@ def test_a_stopped_run_resumes_exactly_and_val_reads_masks(synth, tmp_path, monk
     assert set(MASK_COLUMNS) <= set(rows[0]) and "train/seg_loss" in rows[0] and "val/seg_loss" in rows[0]
     assert "mask_mAP50" in straight
 
-    class InterruptInEpoch2(SegmentValidator):  # Ctrl-C while epoch 2 validates: last.pt holds epoch 1
-        calls = 0
-
-        def __call__(self, model, loader):
-            type(self).calls += 1
-            if type(self).calls == 2:
-                raise KeyboardInterrupt
-            return super().__call__(model, loader)
-
-    monkeypatch.setattr(SegmentationTrainer, "validator", InterruptInEpoch2)
+    # Ctrl-C while epoch 2 validates: last.pt holds epoch 1
+    monkeypatch.setattr(SegmentationTrainer, "validator", validator_interrupted_at(SegmentValidator))
     code = main(["train", "--model", "yolo11n-gmf-nano-seg", "--data", synth, "--epochs", "3", "--close-mosaic", "1",
               "--imgsz", "64", "--batch", "8", "--nbs", "8", "--workers", "0", "--no-plots",
                  "--project", str(tmp_path / "b")])  # fmt: skip

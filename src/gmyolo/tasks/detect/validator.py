@@ -98,39 +98,29 @@ def format_table(r: ValResults, per_class: bool = True) -> str:
     return "\n".join(rows)
 
 
-@torch.no_grad()
 def validate(
-    model: nn.Module,
-    loader: torch.utils.data.DataLoader,
-    names: Sequence[str],
-    device: torch.device | str = "cpu",
-    conf: float = 0.001,
-    iou: float = 0.6,
-    max_det: int = 300,
-    half: bool = False,
-    compute_loss=None,
-    keep_predictions: bool = False,
-    progress: bool = True,
-    matching: str | None = None,
+    model: nn.Module, loader: torch.utils.data.DataLoader, names: Sequence[str], device="cpu", **options: Any
 ) -> ValResults:
-    """Validate ``model`` on ``loader`` batches (see gmyolo.data.dataset).
-
-    ``model`` is a DetectionModel (eval mode returns (decoded, raw)) or any callable returning the decoded
-    tensor, such as an ONNX backend (then ``compute_loss`` cannot be used); its ``output_format`` (YOLOv5's
-    when it has none) says whether NMS or the end-to-end top-k turns that into detections. ``matching``: the
-    rule detections are scored by, ``best_iou`` (YOLOv5 7.0's matching and AP integration) or ``coco``
-    (pycocotools'), see :func:`.metrics.match_predictions` and :data:`.metrics.AP_INTEGRATION`; default
-    ``best_iou`` for YOLOv5's head, ``coco`` for the others.
-    """
-    validator = Validator(names, device, conf, iou, max_det, half, compute_loss, keep_predictions, progress, matching)
-    return validator(model, loader)
+    """Validate ``model`` on ``loader`` batches (see gmyolo.data.dataset): ``Validator(names, device, **options)``
+    run once (:class:`Validator` documents the options)."""
+    return Validator(names, device, **options)(model, loader)
 
 
 class Validator:
-    """One pass over a validation loader (:func:`validate` documents the arguments). A task whose batches or
-    predictions hold more (segmentation: masks) overrides the hooks: ``unpack`` (a loader batch), ``split``
-    (the model's output), ``detections`` (NMS), ``score`` (one image's predictions against its labels) and
-    ``results``."""
+    """Validation, called as ``validator(model, loader) -> ValResults``.
+
+    ``model`` is a DetectionModel (eval mode returns (decoded, raw)) or any callable returning the decoded
+    tensor, such as an ONNX backend (then ``compute_loss`` cannot be used); its ``output_format`` (YOLOv5's
+    when it has none) says whether NMS or the end-to-end top-k turns that into detections. ``conf``, ``iou`` and
+    ``max_det`` are NMS's; ``compute_loss`` adds the loss items' means; ``keep_predictions`` keeps each image's
+    detections. ``matching``: the rule detections are scored by, ``best_iou`` (YOLOv5 7.0's matching and AP
+    integration) or ``coco`` (pycocotools'), see :func:`.metrics.match_predictions` and
+    :data:`.metrics.AP_INTEGRATION`; default ``best_iou`` for YOLOv5's head, ``coco`` for the others.
+
+    A task whose batches or predictions hold more (segmentation: masks) overrides the hooks: ``unpack`` (a loader
+    batch), ``split`` (the model's output), ``detections`` (NMS), ``score`` (one image's predictions against its
+    labels) and ``results``.
+    """
 
     def __init__(
         self,
