@@ -63,8 +63,11 @@ def coco_detections(
     return out
 
 
-def run_cocoeval(ground_truth: dict[str, Any] | str | Path, detections: list[dict[str, Any]]) -> dict[str, float]:
-    """pycocotools bbox evaluation; returns mAP50-95 and mAP50 (and prints COCO's summary table)."""
+def run_cocoeval(
+    ground_truth: dict[str, Any] | str | Path, detections: list[dict[str, Any]], iou_type: str = "bbox"
+) -> dict[str, float]:
+    """pycocotools evaluation of boxes (``bbox``) or masks (``segm``: RLE or polygon ``segmentation``); returns
+    mAP50-95 and mAP50 (and COCO's summary table)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -77,7 +80,7 @@ def run_cocoeval(ground_truth: dict[str, Any] | str | Path, detections: list[dic
         dt = gt.loadRes(detections) if detections else COCO()
     if not detections:
         return {"mAP50-95": 0.0, "mAP50": 0.0}
-    evaluator = COCOeval(gt, dt, "bbox")
+    evaluator = COCOeval(gt, dt, iou_type)
     summary = io.StringIO()
     with contextlib.redirect_stdout(summary):
         evaluator.evaluate()

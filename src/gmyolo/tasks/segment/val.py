@@ -21,14 +21,13 @@ def predicted_masks(
     prototypes: torch.Tensor, coefficients: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
     """n detections' masks at the input's ``size`` (H, W), bool: sigmoid(coefficients · prototypes) > 0.5 inside
-    each box. prototypes: nm×h×w; coefficients: n×nm; boxes: n×4 xyxy input pixels."""
+    each box. prototypes: nm×h×w; coefficients: n×nm; boxes: n×4 xyxy input pixels. The logits are upsampled
+    first and cut at the box there (cut at the prototypes' size, a mask would spill up to 4 px past its box)."""
     nm, h, w = prototypes.shape
     logits = (coefficients.float() @ prototypes.float().view(nm, -1)).view(-1, h, w)
-    scale = torch.tensor([w / size[1], h / size[0]] * 2, device=boxes.device)
-    logits = crop_to_boxes(logits, boxes * scale)
     if len(logits):
         logits = F.interpolate(logits[None], size, mode="bilinear", align_corners=False)[0]
-    return logits.view(-1, *size) > 0.0
+    return crop_to_boxes(logits.view(-1, *size), boxes.float()) > 0.0
 
 
 def label_masks(overlap: torch.Tensor, n: int, size: tuple[int, int]) -> torch.Tensor:
