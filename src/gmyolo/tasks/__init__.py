@@ -43,3 +43,14 @@ def validator_for(output_format: str) -> tuple[type, bool, Callable]:
     from .detect.validator import Validator
 
     return Validator, False, collate_fn
+
+
+def predictor_for(output_format: str) -> type:
+    """The predictor of a model's decoded output: segmentation's (boxes and masks) for the ``*_masks`` formats."""
+    if output_format.endswith("_masks"):
+        from .segment.predict import SegmentPredictor
+
+        return SegmentPredictor
+    from .detect.predict import Predictor
+
+    return Predictor

@@ -76,3 +76,52 @@ def test_a_stopped_run_resumes_exactly_and_val_reads_masks(
     metrics = run_val(ValArgs(weights=resumed["best"], imgsz=64, batch=8, workers=0, progress=False, plots=False,
                               project=str(tmp_path / "val")))  # fmt: skip
     assert metrics["mask_mAP50-95"] == pytest.approx(resumed["mask_mAP50-95"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained(synth, tmp_path_factory):
+    root = tmp_path_factory.mktemp("segrun")
+    options = TrainArgs(data=synth, epochs=2, project=str(root), **FAST)
+    return trainer_for(options)(options).train()["best"]
+
+
+def test_predict_draws_and_saves_masks(trained, synth, tmp_path):
+    from pathlib import Path
+
+    from gmyolo.data.opencv import cv2
+    from gmyolo.tasks.detect.predict import PredictArgs, predict
+
+    source = Path(synth).parent / "images/val"
+    args = PredictArgs(weights=trained, source=str(source), conf=0.001, max_det=5, save_txt=True,
+                       project=str(tmp_path), imgsz=64)  # fmt: skip
+    results = list(predict(args, verbose=False))
+    assert len(results) == 8 and all(r.masks is not None for r in results)
+    assert sum(len(r) for r in results) > 0 and any(r.masks.any() for r in results)
+    for r in results:
+        assert r.masks.shape == (len(r), *r.orig_shape) and r.masks.dtype == torch.bool
+        assert r.plot().shape == (*r.orig_shape, 3)
+        stem = Path(r.path).stem
+        lines = (tmp_path / "exp/labels" / f"{stem}.txt").read_text().splitlines()
+        assert len(lines) == len(r) and all(len(line.split()) % 2 == 1 for line in lines)  # class + x, y pairs
+        index = cv2.imread(str(tmp_path / "exp/masks" / f"{stem}.png"), cv2.IMREAD_UNCHANGED)
+        assert index.shape == r.orig_shape and index.max() <= len(r)
+        for i, m in enumerate(r.masks):  # the PNG's value i + 1 wherever mask i is the last drawn
+            later = r.masks[i + 1 :].any(0) if i + 1 < len(r) else torch.zeros_like(m)
+            assert (index[(m & ~later).numpy()] == i + 1).all()
+
+
+def test_onnx_export_has_both_outputs_and_validates_as_the_checkpoint(trained, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime checks exports")
+    import onnxruntime
+
+    from gmyolo.tasks.detect.export import ExportArgs, export
+
+    out = export(ExportArgs(weights=trained, imgsz=64, dynamic=True, output=str(tmp_path / "seg.onnx")))
+    assert out["max_abs_diff"] < 1e-3
+    names = [o.name for o in onnxruntime.InferenceSession(out["file"]).get_outputs()]
+    assert names == ["output", "prototypes"]
+    common = dict(imgsz=64, batch=8, workers=0, progress=False, plots=False)
+    from_pt = run_val(ValArgs(weights=trained, project=str(tmp_path / "a"), **common))
+    from_onnx = run_val(ValArgs(weights=out["file"], project=str(tmp_path / "b"), **common))
+    for key in ("mAP50", "mAP50-95", "mask_mAP50", "mask_mAP50-95"):
+        assert from_onnx[key] == pytest.approx(from_pt[key], abs=1e-3), key

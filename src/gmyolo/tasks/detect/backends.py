@@ -130,8 +130,8 @@ class OnnxRuntimeModel(Backend):
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         self.check_input(images)
         x = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
-        out = self.session.run(None, {self.input_name: x})[0]
-        return torch.from_numpy(out).to(self.device)
+        outs = [torch.from_numpy(o).to(self.device) for o in self.session.run(None, {self.input_name: x})]
+        return outs[0] if len(outs) == 1 else tuple(outs)  # a segmentation model: (detections, prototypes)
 
 
 class TorchScriptModel(Backend):
@@ -152,9 +152,10 @@ class TorchScriptModel(Backend):
         super().__init__(json.loads(raw) if raw else {}, device)
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         self.check_input(images)
-        return self.module(images.to(self.device, torch.float32))
+        out = self.module(images.to(self.device, torch.float32))
+        return tuple(out) if isinstance(out, (list, tuple)) else out  # a segmentation model: two outputs
 
 
 def checkpoint_metadata(ckpt: dict[str, Any], model: DetectionModel) -> dict[str, Any]:

@@ -69,14 +69,19 @@ def export_onnx(
     opset: int = DEFAULT_OPSET,
     dynamo: bool = False,
 ) -> Path:
-    """Write ``model`` (export mode) to ONNX with a dynamic batch (and image size if ``dynamic``) and metadata."""
+    """Write ``model`` (export mode) to ONNX with a dynamic batch (and image size if ``dynamic``) and metadata.
+    A segmentation model has two outputs: ``output`` (the detections with their mask coefficients) and
+    ``prototypes``."""
     import onnx
 
     file = Path(file)
-    axes = {"images": {0: "batch"}, "output": {0: "batch"}}
+    outputs = ["output", "prototypes"] if model.output_format.endswith("_masks") else ["output"]
+    axes = {"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}
     if dynamic:
         axes["images"].update({2: "height", 3: "width"})
         axes["output"][1] = "anchors"
+        if "prototypes" in axes:
+            axes["prototypes"].update({2: "mask_height", 3: "mask_width"})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation chatter; the file is checked afterwards
         if dynamo:
@@ -86,13 +91,13 @@ def export_onnx(
                 shapes["x"].update({2: 32 * torch.export.Dim("h32", min=1, max=128),
                                     3: 32 * torch.export.Dim("w32", min=1, max=128)})  # fmt: skip
             program = torch.onnx.export(
-                model, (example,), dynamo=True, input_names=["images"], output_names=["output"],
+                model, (example,), dynamo=True, input_names=["images"], output_names=outputs,
                 dynamic_shapes=shapes, opset_version=max(opset, 18), verbose=False,
             )  # fmt: skip
             program.save(str(file))
         else:
             torch.onnx.export(
-                model, (example,), str(file), dynamo=False, input_names=["images"], output_names=["output"],
+                model, (example,), str(file), dynamo=False, input_names=["images"], output_names=outputs,
                 dynamic_axes=axes, opset_version=opset, do_constant_folding=True,
             )  # fmt: skip
     proto = onnx.load(str(file))
@@ -130,16 +135,21 @@ def check_inputs(example: torch.Tensor, stride: int, dynamic: bool, dynamic_batc
 
 
 def max_difference(exported: Backend, reference: DetectionModel, inputs: list[torch.Tensor]) -> float:
+    """The largest difference between the exported file's outputs and PyTorch's on ``inputs`` (each output: the
+    decoded tensor, and a segmentation model's prototypes)."""
     worst = 0.0
     ranked = reference.output_format == "xyxy_score_class"
     with torch.no_grad():
         for x in inputs:
-            want = reference(x)
-            got = exported(x).to(want.device)
-            if got.shape != want.shape:
-                raise ExportError(f"exported output has shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
-            difference = detections_difference(got, want) if ranked else (got - want).abs().max().item()
-            worst = max(worst, difference)
+            wanted, gotten = reference(x), exported(x)
+            if isinstance(wanted, torch.Tensor):  # one output; a segmentation model has two
+                wanted, gotten = (wanted,), (gotten,)
+            for want, got in zip(wanted, gotten, strict=True):
+                got = got.to(want.device)
+                if got.shape != want.shape:
+                    raise ExportError(f"exported output has shape {tuple(got.shape)}, PyTorch {tuple(want.shape)}")
+                difference = detections_difference(got, want) if ranked else (got - want).abs().max().item()
+                worst = max(worst, difference)
     return worst
 
 

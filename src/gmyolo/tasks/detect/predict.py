@@ -38,7 +38,9 @@ LOGGER = logging.getLogger("gmyolo")
 
 
 class Predictor:
-    """Letterbox → backend → NMS → original pixels, for one frame at a time."""
+    """Letterbox → backend → NMS → original pixels, for one frame at a time. A task whose model gives more than
+    boxes (segmentation: masks) overrides ``detections`` (the backend's output -> the frame's rows) and
+    ``results`` (those rows -> :class:`Results`)."""
 
     def __init__(self, backend: Backend, args: PredictArgs):
         self.backend, self.args = backend, args
@@ -56,33 +58,47 @@ class Predictor:
             raise ValueError(f"--classes {unknown}: the model has classes 0..{len(backend.names) - 1}")
 
     def __call__(self, frame: Frame, keep_image: bool = True) -> Results:
-        a, be = self.args, self.backend
+        be = self.backend
         t0 = time.perf_counter()
         im, ratio, pad = letterbox(frame.image, self.imgsz, auto=self.auto, stride=be.stride)
         x = torch.from_numpy(np.ascontiguousarray(im[..., ::-1].transpose(2, 0, 1)))  # BGR HWC -> RGB CHW
         x = x.to(be.device, non_blocking=True).float().div_(255).unsqueeze(0)
         t1 = time.perf_counter()
-        decoded = be(x)
+        out = be(x)
         if be.device.type == "cuda":
             torch.cuda.synchronize(be.device)
         t2 = time.perf_counter()
-        det = postprocess(
-            decoded.float(), be.output_format, a.conf, a.iou, a.classes, a.agnostic_nms, max_det=a.max_det
+        det = self.detections(out)
+        results = self.results(frame, det, x.shape[2:], ratio, pad, keep_image)
+        t3 = time.perf_counter()
+        results.speed = {"preprocess": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1), "nms": 1e3 * (t3 - t2)}
+        return results
+
+    def detections(self, out: Any) -> torch.Tensor:
+        """The backend's output for one image -> n×6 rows [x1, y1, x2, y2, score, class] in input pixels."""
+        a = self.args
+        return postprocess(
+            out.float(), self.backend.output_format, a.conf, a.iou, a.classes, a.agnostic_nms, max_det=a.max_det
         )[0]
+
+    def results(
+        self, frame: Frame, det: torch.Tensor, size: tuple[int, int], ratio: float, pad: tuple[float, float], keep: bool
+    ) -> Results:
+        """The frame's detections in original pixels (``size``: the letterboxed input's; ``ratio``, ``pad``: how
+        the frame was letterboxed into it)."""
         h0, w0 = frame.image.shape[:2]
+        det = det.clone()
         scale_boxes(det[:, :4], (h0, w0), ((ratio, ratio), pad))
         det = det.cpu()
-        t3 = time.perf_counter()
         return Results(
             path=frame.path,
             orig_shape=(h0, w0),
             boxes=det[:, :4],
             scores=det[:, 4],
             classes=det[:, 5].long(),
-            names=be.names or {},
-            image=frame.image if keep_image else None,
+            names=self.backend.names or {},
+            image=frame.image if keep else None,
             frame=frame.frame,
-            speed={"preprocess": 1e3 * (t1 - t0), "inference": 1e3 * (t2 - t1), "nms": 1e3 * (t3 - t2)},
         )
 
 
@@ -160,7 +176,9 @@ def predict(
     args.check()
     backend = model if isinstance(model, Backend) else load_backend(model or args.weights, select_device(args.device))
     backend = compile_backend(backend, args.compile)
-    predictor = Predictor(backend, args)
+    from .. import predictor_for  # the head's task: detection, or segmentation (masks)
+
+    predictor = predictor_for(backend.output_format)(backend, args)
     frames = iter_frames(args.source, args.vid_stride)  # raises now for a missing source, before any folder is made
     first = next(frames, None)
     writer = None

@@ -14,7 +14,7 @@ import torch
 from ...data.plots import class_colour
 from ...utils.files import atomic_write
 
-__all__ = ["Results", "draw_detections"]
+__all__ = ["Results", "draw_detections", "draw_masks"]
 
 
 def draw_detections(
@@ -49,12 +49,22 @@ def draw_detections(
     return out
 
 
+def draw_masks(image: np.ndarray, masks: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """A copy of the BGR ``image`` with n×H×W bool ``masks`` blended in their class colours (later ones on top)."""
+    out = image.copy()
+    for m, c in zip(masks, classes):
+        colour = np.array(class_colour(int(c)), np.float32)
+        out[m] = (out[m] * (1 - alpha) + colour * alpha).astype(np.uint8)
+    return out
+
+
 @dataclass
 class Results:
     """Detections of one image (or video frame), in original image pixels.
 
     ``boxes`` n×4 xyxy, ``scores`` n, ``classes`` n (int64), best first. ``image`` is the original BGR
-    image (kept so that :meth:`plot` works; None when predict was asked not to keep it).
+    image (kept so that :meth:`plot` works; None when predict was asked not to keep it). ``masks``: a
+    segmentation model's n×H×W bool masks at the image's size (None for detection).
     """
 
     path: str
@@ -66,6 +76,7 @@ class Results:
     image: np.ndarray | None = None
     frame: int | None = None  # frame index for videos
     speed: dict[str, float] = field(default_factory=dict)  # ms: preprocess, inference, nms
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -90,10 +101,10 @@ class Results:
         """The original image (BGR) with the detections drawn on a copy."""
         if self.image is None:
             raise ValueError(f"{self.path}: the image was not kept; predict with keep_images=True to plot")
+        image = self.image if self.masks is None else draw_masks(self.image, self.masks.numpy(), self.classes.numpy())
         return draw_detections(
-            self.image, self.boxes.numpy(), self.scores.numpy(), self.classes.numpy(), self.names,
-            line_width, labels, conf,
-        )  # fmt: skip
+            image, self.boxes.numpy(), self.scores.numpy(), self.classes.numpy(), self.names, line_width, labels, conf
+        )
 
     def save(self, path: str | os.PathLike, **plot_kwargs: Any) -> Path:
         """Write the annotated image (format from the suffix), atomically."""
@@ -105,15 +116,39 @@ class Results:
         return path
 
     def txt_lines(self, save_conf: bool = False) -> list[str]:
-        """YOLO-format lines 'class cx cy w h [score]', normalised to the original image."""
+        """YOLO-format lines 'class cx cy w h [score]', normalised to the original image; with masks the
+        segmentation format 'class x1 y1 x2 y2 ... [score]' (each mask's outer outline, :meth:`polygons`)."""
         rows = []
-        for c, xywh, s in zip(self.classes.tolist(), self.xywhn.tolist(), self.scores.tolist()):
-            rows.append(" ".join([str(c), *(f"{v:.6f}" for v in xywh), *([f"{s:.5f}"] if save_conf else [])]))
+        shapes = self.polygons() if self.masks is not None else [[*xywh] for xywh in self.xywhn.tolist()]
+        for c, values, s in zip(self.classes.tolist(), shapes, self.scores.tolist()):
+            rows.append(" ".join([str(c), *(f"{v:.6f}" for v in values), *([f"{s:.5f}"] if save_conf else [])]))
         return rows
 
+    def polygons(self) -> list[list[float]]:
+        """Each mask's outline, normalised x1 y1 x2 y2 ...: its largest outer contour (an empty mask: no points)."""
+        h, w = self.orig_shape
+        out = []
+        for m in self.masks.numpy().astype(np.uint8):
+            contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            points = max(contours, key=cv2.contourArea).reshape(-1, 2) if contours else np.zeros((0, 2))
+            out.append((points / (w, h)).ravel().tolist())
+        return out
+
     def save_txt(self, path: str | os.PathLike, save_conf: bool = False) -> Path:
+        """The labels file; with masks also ``masks/<stem>.png`` beside ``labels/`` (pixel value i + 1: the i-th
+        line's object, 0 background; 16-bit when there are more than 255)."""
         lines = self.txt_lines(save_conf)
         atomic_write(path, "".join(f"{line}\n" for line in lines))
+        if self.masks is not None:
+            png = Path(path).parent.parent / "masks" / (Path(path).stem + ".png")
+            png.parent.mkdir(exist_ok=True)
+            index = np.zeros(self.orig_shape, np.uint16 if len(self.masks) > 255 else np.uint8)
+            for i, m in enumerate(self.masks.numpy()):
+                index[m] = i + 1
+            ok, buf = cv2.imencode(".png", index)
+            if not ok:
+                raise ValueError(f"cannot encode the mask image {png}")
+            atomic_write(png, buf.tobytes())
         return Path(path)
 
     def to_dict(self) -> dict[str, Any]:
