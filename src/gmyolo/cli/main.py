@@ -14,12 +14,12 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import USER_ERRORS
-from . import bench, classify, data, export, info, predict, train, val
+from . import bench, classify, data, export, info, predict, segment, train, val
 from .common import load_plugin_arguments
 
 __all__ = ["main", "build_parser", "USER_ERRORS"]
 
-COMMANDS = (info, train, val, predict, export, data, bench, classify)  # in the order --help lists them
+COMMANDS = (info, train, val, predict, export, data, bench, classify, segment)  # in the order --help lists them
 
 
 def build_parser() -> argparse.ArgumentParser:

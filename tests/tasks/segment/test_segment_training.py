@@ -125,3 +125,16 @@ def test_onnx_export_has_both_outputs_and_validates_as_the_checkpoint(trained, t
     from_onnx = run_val(ValArgs(weights=out["file"], project=str(tmp_path / "b"), **common))
     for key in ("mAP50", "mAP50-95", "mask_mAP50", "mask_mAP50-95"):
         assert from_onnx[key] == pytest.approx(from_pt[key], abs=1e-3), key
+
+
+def test_segment_command_form_and_its_synthetic_data(tmp_path):
+    from gmyolo.cli.main import build_parser
+    from gmyolo.tasks.detect.train import resolve_data
+
+    args = build_parser().parse_args(["segment", "train", "--epochs", "1"])
+    assert args.model == "yolo11n-gmf-nano-seg" and args.data == "synth" and args.epochs == 1
+    assert build_parser().parse_args(["train"]).model == "yolo11n-gmf-nano"  # detection's default is untouched
+    assert build_parser().parse_args(["segment", "val", "--weights", "w.pt"]).weights == "w.pt"
+    data = resolve_data(TrainArgs(synth_dir=str(tmp_path / "synth")), segments=True)  # 'synth': the outlines
+    label = next(iter(sorted((tmp_path / "synth-seg/labels/train").glob("*.txt"))))
+    assert data.nc == 4 and all(len(line.split()) >= 7 for line in label.read_text().splitlines())

@@ -102,7 +102,7 @@ class DetectionTrainer(Trainer):
         # run resolves the values its checkpoint saved.
         self.hyp_source = self.ckpt["hyp_overrides"] if self.ckpt is not None else self.args.hyp
         with main_process_first():  # rank 0 generates the synthetic data, once
-            self.data = resolve_data(self.args)
+            self.data = resolve_data(self.args, segments=self.segments)
 
     def build_model(self) -> DetectionModel:
         args, ckpt, data = self.args, self.ckpt, self.data
@@ -333,15 +333,17 @@ class DetectionTrainer(Trainer):
         return {**final.as_dict(), "fitness": final.fitness}
 
 
-def resolve_data(args: TrainArgs) -> DatasetConfig:
-    """The dataset YAML of ``--data``; 'synth' generates the built-in dataset first when it is missing."""
+def resolve_data(args: TrainArgs, segments: bool = False) -> DatasetConfig:
+    """The dataset YAML of ``--data``; 'synth' generates the built-in dataset first when it is missing (with
+    ``segments``, the shapes' outlines, in ``<synth_dir>-seg``)."""
     if args.data == "synth":
         from ...data.synth import make_synthetic_dataset
 
-        yaml_file = Path(args.synth_dir) / "data.yaml"
+        folder = args.synth_dir + ("-seg" if segments else "")
+        yaml_file = Path(folder) / "data.yaml"
         if not yaml_file.is_file():
-            LOGGER.info("generating the built-in synthetic dataset in %s", args.synth_dir)
-            yaml_file = make_synthetic_dataset(args.synth_dir, seed=0)
+            LOGGER.info("generating the built-in synthetic dataset in %s", folder)
+            yaml_file = make_synthetic_dataset(folder, seed=0, segments=segments)
         return load_dataset_config(yaml_file, require=("train", "val"))
     return load_dataset_config(args.data, require=("train", "val"))
 
