@@ -80,7 +80,7 @@ def test_detection_heads_decode_as_before_and_segment_heads_pass_coefficients_th
         d.bias.data = s.bias.data.view(3, -1)[:, : 5 + 2].reshape(-1).clone()
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
-        (seg_out, _), raw = seg(x)
+        (seg_out, _), (raw, _) = seg(x)
         det_out, _ = det(x)
     torch.testing.assert_close(seg_out[..., : 5 + 2], det_out)
     coefficients = torch.cat([r[..., 5 + 2 :].reshape(1, -1, 32) for r in raw], 1)
@@ -100,9 +100,11 @@ def test_segment_yaml_arguments_are_checked(tmp_path):
             DetectionModel(tmp_path / "yolo11n-seg.yaml")
 
 
-def test_the_detection_trainer_refuses_a_segment_head_in_one_line():
-    with pytest.raises(ValueError, match=r"AnchorFreeSegment trains with 'tal_seg', a loss gmyolo lacks"):
-        criterion_of(DetectionModel("yolo11n-seg").detect)
+def test_each_head_names_its_segmentation_loss():
+    from gmyolo.tasks.segment.loss import AnchorFreeSegmentLoss, AnchorSegmentLoss  # registers them by name
+
+    assert criterion_of(DetectionModel("yolo11n-seg").detect) is AnchorFreeSegmentLoss
+    assert criterion_of(DetectionModel("yolov5s-seg").detect) is AnchorSegmentLoss
 
 
 # --------------------------------------------------------------------------------------------------

@@ -93,6 +93,8 @@ def test_every_shipped_config_builds_and_runs(name):
             decoded, prototypes = decoded
             assert prototypes.shape == (1, nm, h // 4, w // 4) and torch.isfinite(prototypes).all()
         if model.output_format.startswith("xywh_obj_cls"):  # YOLOv5's head: one 5D map per level
+            if nm:
+                raw, _ = raw  # YOLOv5-seg's raw outputs come with the prototypes, as in training
             assert len(raw) == model.detect.nl
             for r, s in zip(raw, model.stride.tolist()):
                 assert r.shape == (1, model.detect.na, h // s, w // s, model.nc + 5 + nm)

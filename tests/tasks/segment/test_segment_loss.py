@@ -1,5 +1,5 @@
-"""The segmentation loss: the mask term in closed form, the whole loss against Ultralytics' v8SegmentationLoss when
-ultralytics is installed (not a gmyolo dependency), and learning on one batch."""
+"""The segmentation losses: the mask term in closed form, the whole losses against Ultralytics' v8SegmentationLoss and
+YOLOv5-seg's ComputeLoss when those packages are installed (neither is a gmyolo dependency), learning on one batch."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from gmyolo.models.yolo import DetectionModel
 from gmyolo.tasks.detect.hyp import resolve_hyp
-from gmyolo.tasks.detect.loss import make_loss
+from gmyolo.tasks.detect.loss import loss_gains, make_loss
 from gmyolo.tasks.segment.loss import AnchorFreeSegmentLoss, crop_to_boxes, mask_loss
 
 # Two objects in image 0, one in image 1 ([image, class, cx, cy, w, h]), and their overlap masks at 1/4 of 128 px.
@@ -96,3 +96,44 @@ def test_same_loss_as_ultralytics():
         total, items = make_loss(ours.detect, resolve_hyp(head="anchor_free"))(ours(x), (BOXES, masks))
     torch.testing.assert_close(items * 2, want[:4], rtol=1e-5, atol=1e-5)  # theirs: box, seg, cls, dfl (x batch)
     torch.testing.assert_close(total, want.sum(), rtol=1e-5, atol=1e-5)
+
+
+def test_yolov5_seg_loss_learns_masks_on_one_batch():
+    torch.manual_seed(0)
+    model = DetectionModel("yolov5s-seg", nc=3).train()
+    hyp = resolve_hyp(head="anchor_based")
+    criterion = make_loss(model.detect, loss_gains(hyp, model.detect, 3, 128))
+    assert criterion.names == model.detect.loss_names == ("box_loss", "seg_loss", "obj_loss", "cls_loss")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, targets = torch.rand(2, 3, 128, 128), (BOXES, overlap_masks())
+    seg = []
+    for _ in range(10):
+        optimizer.zero_grad()
+        total, items = criterion(model(x), targets)
+        total.backward()
+        optimizer.step()
+        seg.append(items[1].item())
+    assert seg[-1] < 0.7 * seg[0], seg
+    assert model.detect.proto.cv1.conv.weight.grad.abs().sum() > 0
+
+
+def test_same_loss_as_yolov5_seg():
+    pytest.importorskip("yolov5", reason="the yolov5 package is not installed (not a gmyolo dependency)")
+    from pathlib import Path
+
+    import yolov5
+    from yolov5.models.yolo import SegmentationModel
+    from yolov5.utils.segment.loss import ComputeLoss as YOLOv5SegmentLoss
+
+    torch.manual_seed(0)
+    theirs = SegmentationModel(str(Path(yolov5.__file__).parent / "models/segment/yolov5s-seg.yaml"), ch=3, nc=3)
+    ours = DetectionModel("yolov5s-seg", nc=3)
+    ours.load_state_dict(theirs.state_dict())
+    gains = loss_gains(resolve_hyp(head="anchor_based"), ours.detect, 3, 128)
+    theirs.hyp = {**gains, "fl_gamma": 0.0}
+    x, masks = torch.rand(2, 3, 128, 128), overlap_masks()
+    with torch.no_grad():
+        want, want_items = YOLOv5SegmentLoss(theirs.train(), overlap=True)(theirs(x), BOXES, masks.float())
+        got, got_items = make_loss(ours.detect, gains)(ours.train()(x), (BOXES, masks))
+    torch.testing.assert_close(got_items, want_items, rtol=1e-5, atol=1e-7)  # box, seg, obj, cls
+    torch.testing.assert_close(got.reshape(()), want.reshape(()), rtol=1e-5, atol=1e-7)

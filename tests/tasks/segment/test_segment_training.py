@@ -138,3 +138,12 @@ def test_segment_command_form_and_its_synthetic_data(tmp_path):
     data = resolve_data(TrainArgs(synth_dir=str(tmp_path / "synth")), segments=True)  # 'synth': the outlines
     label = next(iter(sorted((tmp_path / "synth-seg/labels/train").glob("*.txt"))))
     assert data.nc == 4 and all(len(line.split()) >= 7 for line in label.read_text().splitlines())
+
+
+def test_yolov5_seg_trains_with_anchors_fitted(synth, tmp_path):
+    options = TrainArgs(data=synth, epochs=1, project=str(tmp_path), **{**FAST, "model": "yolov5s-seg"})
+    assert trainer_for(options) is SegmentationTrainer
+    result = trainer_for(options)(options).train()
+    row = read_csv(tmp_path / "exp/results.csv")[0]
+    assert {"train/box_loss", "train/seg_loss", "train/obj_loss", "train/cls_loss"} <= set(row)
+    assert float(row["train/seg_loss"]) > 0 and "mask_mAP50" in result

@@ -54,7 +54,7 @@ class AnchorSegment(Detect):
 
     Train mode returns ``(raw, prototypes)``: raw as Detect's, B×na×H×W×(5+nc+nm) per level; prototypes
     B×nm×(2·H0)×(2·W0) for the finest level's H0×W0. Eval mode decodes as Detect and passes the coefficients
-    through (``xywh_obj_cls_masks``).
+    through (``xywh_obj_cls_masks``): ``((decoded, prototypes), (raw, prototypes))``.
     """
 
     task = "segment"
@@ -90,7 +90,7 @@ class AnchorSegment(Detect):
         if self.export:
             return out, prototypes
         decoded, raw = out
-        return (decoded, prototypes), raw
+        return (decoded, prototypes), (raw, prototypes)  # raw as in training (the loss reads both)
 
 
 class AnchorFreeSegment(AnchorFreeDetect):

@@ -110,8 +110,8 @@ class ComputeLoss:
         for i, p in enumerate(preds):
             b, a, gj, gi = indices[i]
             tobj = torch.zeros(p.shape[:4], dtype=p.dtype, device=device)
-            if len(b):
-                pxy, pwh, _, pcls = p[b, a, gj, gi].split((2, 2, 1, self.nc), 1)
+            if len(b):  # (a segmentation head's anchors output mask coefficients after the classes: not used here)
+                pxy, pwh, _, pcls = p[b, a, gj, gi][:, : 5 + self.nc].split((2, 2, 1, self.nc), 1)
                 pxy = pxy.sigmoid() * 2 - 0.5
                 pwh = (pwh.sigmoid() * 2) ** 2 * anchors[i]
                 pbox = box_convert(torch.cat((pxy, pwh), 1), "cxcywh", "xyxy")
@@ -130,15 +130,19 @@ class ComputeLoss:
         bs = preds[0].shape[0] * (get_world_size() if self.distributed else 1)  # the global batch
         return (lbox + lobj + lcls) * bs, torch.cat((lbox, lobj, lcls)).detach()
 
-    def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor):
+    def build_targets(self, preds: list[torch.Tensor], targets: torch.Tensor, carry: torch.Tensor | None = None):
         """Per level: target classes, boxes (cx, cy relative to the cell; w, h in grid units),
-        indices (image, anchor, grid y, grid x) and the anchors they were matched to."""
+        indices (image, anchor, grid y, grid x) and the anchors they were matched to; with ``carry`` (M×k values
+        per target), also each match's row of it."""
         na, nt = self.na, targets.shape[0]
         device = targets.device
-        tcls, tbox, indices, anch = [], [], [], []
-        gain = torch.ones(7, device=device)
+        tcls, tbox, indices, anch, carried = [], [], [], [], []
+        k = 0 if carry is None else carry.shape[1]
+        gain = torch.ones(7 + k, device=device)
         anchor_ids = torch.arange(na, device=device, dtype=torch.float32).view(na, 1).repeat(1, nt)
         targets = torch.cat((targets.repeat(na, 1, 1), anchor_ids[..., None]), 2)  # na×nt×7
+        if carry is not None:
+            targets = torch.cat((targets, carry.to(targets.dtype).repeat(na, 1, 1)), 2)  # na×nt×(7+k)
         g = 0.5
         offsets_all = CELL_OFFSETS.to(device) * g
         for i in range(self.nl):
@@ -157,7 +161,7 @@ class ComputeLoss:
                 offsets = (torch.zeros_like(gxy)[None] + offsets_all[:, None])[chosen]
             else:
                 t, offsets = targets[0], torch.zeros((0, 2), device=device)
-            bc, gxy, gwh, a = t.split((2, 2, 2, 1), 1)
+            bc, gxy, gwh, a, extra = t.split((2, 2, 2, 1, k), 1)
             a, (b, c) = a.long().view(-1), bc.long().T
             gij = (gxy - offsets).long()
             gi = gij[:, 0].clamp(0, shape[3] - 1)
@@ -166,7 +170,8 @@ class ComputeLoss:
             tbox.append(torch.cat((gxy - torch.stack((gi, gj), 1), gwh), 1))
             anch.append(anchors[a])
             tcls.append(c)
-        return tcls, tbox, indices, anch
+            carried.append(extra)
+        return (tcls, tbox, indices, anch) if carry is None else (tcls, tbox, indices, anch, carried)
 
 
 # The losses heads declare by name (``criterion``): each is built as ``cls(head, hyp, distributed)`` and scales its

@@ -1,5 +1,6 @@
 """The losses of the segmentation heads: the detection head's loss plus a mask term (YOLACT's, as YOLOv5-seg and
-Ultralytics train it).
+Ultralytics train it). :class:`AnchorFreeSegmentLoss` is Ultralytics' (described below); :class:`AnchorSegmentLoss`
+YOLOv5-seg's, which averages the mask term per image and level instead (see its docstring).
 
 A positive anchor point's predicted mask is its coefficients times the prototypes, ``c · P`` (logits, at the
 prototypes' 1/4 resolution); its target is the mask of the object it was assigned, read from the image's overlap
@@ -17,13 +18,14 @@ from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_convert
 
 from ...engine.distributed import get_world_size, mean_over_ranks
-from ...models.yolo.segment import AnchorFreeSegment
-from ..detect.loss import register_criterion
+from ...models.yolo.segment import AnchorFreeSegment, AnchorSegment
+from ..detect.loss import ComputeLoss, register_criterion
 from ..detect.loss_tal import AnchorFreeLoss, Matched
 
-__all__ = ["AnchorFreeSegmentLoss", "crop_to_boxes", "mask_loss"]
+__all__ = ["AnchorFreeSegmentLoss", "AnchorSegmentLoss", "crop_to_boxes", "mask_loss"]
 
 
 def crop_to_boxes(maps: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -99,4 +101,56 @@ class AnchorFreeSegmentLoss(AnchorFreeLoss):
         return total / norm
 
 
+class AnchorSegmentLoss(ComputeLoss):
+    """YOLOv5-seg's loss: ``loss((raw, prototypes), (targets, masks)) -> (total · batch size, [box, seg, obj, cls])``.
+
+    Box, objectness and class terms are YOLOv5's (:class:`~gmyolo.tasks.detect.loss.ComputeLoss`). The mask term
+    takes each anchor matched to a target (as YOLOv5 matches them): per level and image, the mean over its matches
+    of mean(BCE inside the target's box) / (the box's share of the image); summed over levels and images, times the
+    box gain, over the batch size. Under DDP every rank holds the same number of images, so dividing by its own
+    batch gives the global batch's gradient once DDP averages.
+    """
+
+    def __init__(self, detect: AnchorSegment, hyp: Mapping[str, float], distributed: bool = False):
+        super().__init__(detect, hyp, distributed)
+        self.names = ("box_loss", "seg_loss", "obj_loss", "cls_loss")
+
+    def __call__(self, preds, targets) -> tuple[torch.Tensor, torch.Tensor]:
+        (raw, prototypes), (boxes, masks) = preds, targets
+        total, (lbox, lobj, lcls) = super().__call__(raw, boxes)
+        lseg = self.mask_term(raw, prototypes.float(), boxes, masks)
+        global_batch = raw[0].shape[0] * (get_world_size() if self.distributed else 1)
+        return total + lseg * global_batch, torch.stack((lbox, lseg.detach(), lobj, lcls))
+
+    def mask_term(
+        self, raw: list[torch.Tensor], prototypes: torch.Tensor, boxes: torch.Tensor, masks: torch.Tensor
+    ) -> torch.Tensor:
+        b, _, h, w = prototypes.shape
+        masks = masks.to(prototypes.device)
+        if masks.shape[1:] != (h, w):
+            masks = F.interpolate(masks[:, None].float(), (h, w), mode="nearest")[:, 0]
+        # Carried with each match: the target's mask value in its image (its rank there, from 1) and its box.
+        image = boxes[:, 0].long()
+        rank = torch.zeros(len(boxes), device=boxes.device)
+        for i in image.unique():
+            where = image == i
+            rank[where] = torch.arange(1, int(where.sum()) + 1, device=boxes.device, dtype=rank.dtype)
+        _, _, indices, _, carried = self.build_targets(raw, boxes, carry=torch.cat((rank[:, None], boxes[:, 2:6]), 1))
+        to_prototypes = torch.tensor([w, h, w, h], device=prototypes.device, dtype=prototypes.dtype)
+        total = (prototypes.sum() + sum(p[..., 5 + self.nc :].sum() for p in raw)) * 0.0  # every output in the graph
+        for level, (bi, a, gj, gi) in enumerate(indices):
+            if not len(bi):
+                continue
+            coefficients = raw[level][bi, a, gj, gi][:, 5 + self.nc :].float()
+            values, xywhn = carried[level][:, 0], carried[level][:, 1:5].float()
+            areas = xywhn[:, 2:].prod(1)
+            xyxy = box_convert(xywhn * to_prototypes, "cxcywh", "xyxy")
+            for i in bi.unique():
+                j = bi == i
+                target = (masks[i][None] == values[j].view(-1, 1, 1).to(masks.dtype)).float()
+                total = total + mask_loss(coefficients[j], prototypes[i], target, xyxy[j], areas[j]) / j.sum()
+        return total * self.hyp["box"] / b
+
+
 register_criterion("tal_seg", AnchorFreeSegmentLoss)
+register_criterion("yolov5_seg", AnchorSegmentLoss)
