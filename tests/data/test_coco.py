@@ -349,3 +349,49 @@ def test_cli_wrapper(coco, tmp_path, capsys):
     assert (out / "v.txt").is_file() and not (out / "images").exists()
     args = parser.parse_args(["convert-coco", "--json", str(ann), "--images", str(img_dir), "--out", str(out)])
     assert (args.split, args.include_crowd, args.copy_list) == (None, False, False)
+
+
+def test_segments_become_outlines(tmp_path, caplog):
+    from pycocotools import mask as mask_utils
+
+    from gmyolo.data.coco import convert_coco
+    from gmyolo.data.labels import parse_label_file
+
+    w, h = 64, 48
+    img_dir = tmp_path / "imgs"
+    img_dir.mkdir()
+    cv2.imwrite(str(img_dir / "a.jpg"), np.zeros((h, w, 3), np.uint8))
+    square = [4.0, 4.0, 20.0, 4.0, 20.0, 20.0, 4.0, 20.0]
+    two_parts = [[30.0, 5.0, 40.0, 5.0, 40.0, 15.0], [50.0, 40.0, 60.0, 40.0, 60.0, 30.0, 50.0, 30.0]]  # opposite turns
+    crowd = np.zeros((h, w), np.uint8)
+    crowd[30:44, 5:25] = 1
+    rle = mask_utils.encode(np.asfortranarray(crowd))
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "bbox": [4, 4, 16, 16], "iscrowd": 0, "segmentation": [square]},
+        {"id": 2, "image_id": 1, "category_id": 1, "bbox": [30, 5, 30, 35], "iscrowd": 0, "segmentation": two_parts},
+        {"id": 3, "image_id": 1, "category_id": 1, "bbox": [5, 30, 20, 14], "iscrowd": 1,
+         "segmentation": {"size": [h, w], "counts": rle["counts"].decode()}},
+        {"id": 4, "image_id": 1, "category_id": 1, "bbox": [40, 40, 10, 5], "iscrowd": 0},  # no segmentation
+    ]  # fmt: skip
+    d = {"images": [{"id": 1, "file_name": "a.jpg", "width": w, "height": h}], "annotations": anns,
+         "categories": [{"id": 1, "name": "thing"}]}  # fmt: skip
+    ann = tmp_path / "instances_val.json"
+    ann.write_text(json.dumps(d))
+    with caplog.at_level("WARNING", logger="gmyolo"):
+        convert_coco(ann, img_dir, tmp_path / "out", include_crowd=True, segments=True)
+    assert "1 annotations have no usable segmentation: written as boxes" in caplog.text
+    labels, polygons, problems = parse_label_file(tmp_path / "out/labels/val/a.txt", nc=1)
+    assert problems == [] and [len(p) > 0 for p in polygons] == [True, True, True, False]
+    np.testing.assert_allclose(polygons[0] * (w, h), np.array(square).reshape(-1, 2), atol=1e-4)
+
+    def filled(points):
+        m = np.zeros((h, w), np.uint8)
+        cv2.fillPoly(m, [np.round(points * 16).astype(np.int32)], 1, cv2.LINE_8, 4)
+        return m.astype(bool)
+
+    union = filled(np.array(two_parts[0]).reshape(-1, 2)) | filled(np.array(two_parts[1]).reshape(-1, 2))
+    merged = filled(polygons[1] * (w, h))  # the bridged outline fills both parts, and the bridge's line of pixels
+    assert not (union & ~merged).any() and (merged & ~union).sum() <= 30
+    got = filled(polygons[2] * (w, h))
+    assert (got & crowd.astype(bool)).sum() / (got | crowd.astype(bool)).sum() > 0.85  # the RLE region's outline
+    np.testing.assert_allclose(labels[3], [0, 45 / w, 42.5 / h, 10 / w, 5 / h], atol=1e-5)

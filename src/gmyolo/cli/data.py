@@ -78,7 +78,10 @@ def add_convert_coco_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, metavar="DIR", help="folder the JSON's file_name entries are in")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder for labels/, images/ and data.yaml")
     p.add_argument("--split", metavar="NAME", help="split name (default: JSON name without 'instances_')")
-    p.add_argument("--include-crowd", action="store_true", help="keep iscrowd=1 annotations as boxes")
+    p.add_argument(
+        "--include-crowd", action="store_true", help="keep iscrowd=1 annotations (with --segments: their RLE regions)"
+    )
+    p.add_argument("--segments", action="store_true", help="write each object's outline (instance segmentation)")
     p.add_argument("--copy-list", action="store_true", help="write <split>.txt of image paths instead of a symlink")
     p.set_defaults(run=run_convert_coco)
 
@@ -87,7 +90,9 @@ def run_convert_coco(args: argparse.Namespace) -> Path:
     """Run ``convert-coco`` from parsed arguments; prints one summary line and returns the data.yaml path."""
     from ..data.coco import convert_coco_annotations
 
-    r = convert_coco_annotations(args.json, args.images, args.out, args.split, args.include_crowd, not args.copy_list)
+    r = convert_coco_annotations(
+        args.json, args.images, args.out, args.split, args.include_crowd, not args.copy_list, args.segments
+    )
     skipped = sum(r.skipped.values())
     print(
         f"converted {r.images} images, {r.boxes} boxes, {r.classes} classes"

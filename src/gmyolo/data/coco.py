@@ -4,12 +4,18 @@ Reads ``instances_<split>.json`` (keys ``images``, ``annotations``, ``categories
 in pixels) and writes, under ``out_dir``::
 
     labels/<split>/<file_name stem>.txt   # "class cx cy w h", normalised; one per image, empty for background
+                                          # (with segments: "class x1 y1 x2 y2 ...", the object's outline)
     images/<split> -> images_dir          # a symlink, so the images->labels rule finds the labels
     <split>.txt                           # instead of the symlink: absolute image paths, one a line
     data.yaml                             # path, train/val (or merged into an existing one), nc, names
 
 COCO category ids (1..90 with gaps) become contiguous classes 0..n-1 in ascending id order. The user's images
 are never modified or copied.
+
+With ``segments`` (``--segments``, for instance segmentation) each object's ``segmentation`` becomes its outline:
+a polygon list as it is, an object in several parts as one outline joining the parts by zero-width bridges at
+their nearest points (so the filled outline is the union of the parts), and an RLE mask (crowd regions, with
+``include_crowd``) as the outlines of its regions. An object without a usable segmentation keeps its box.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ..utils.files import atomic_write
@@ -118,6 +125,64 @@ def _yolo_line(ann: dict[str, Any], cls: int, w: float, h: float) -> str | None:
     if x2 - x1 <= 0 or y2 - y1 <= 0 or "0.000000" in size.split():
         return None
     return f"{cls} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {size}"
+
+
+def _loop_from(points: np.ndarray, k: int) -> np.ndarray:
+    """The closed outline ``points`` walked from point k round to point k again."""
+    return np.concatenate([points[k:], points[: k + 1]])
+
+
+def merge_parts(parts: list[np.ndarray]) -> np.ndarray:
+    """One outline (k×2) for an object in several parts: each part (oriented alike) joined to the rest at their two
+    nearest points by a bridge walked there and back, which adds no area, so filling it fills every part."""
+    parts = [p if _signed_area(p) >= 0 else p[::-1] for p in parts]
+    merged = parts[-1]
+    for part in reversed(parts[:-1]):
+        distance = ((part[:, None, :] - merged[None, :, :]) ** 2).sum(-1)
+        i, j = np.unravel_index(int(distance.argmin()), distance.shape)
+        merged = np.concatenate([_loop_from(part, i), _loop_from(merged, j)])  # closing edge: the bridge back
+    return merged
+
+
+def _signed_area(points: np.ndarray) -> float:
+    x, y = points[:, 0], points[:, 1]
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)))
+
+
+def outline(segmentation: Any, w: float, h: float) -> np.ndarray | None:
+    """An annotation's ``segmentation`` as one outline in pixels (k×2), or None when it has none usable: polygons
+    (``[[x1, y1, x2, y2, ...], ...]``, parts of 3+ points) or an RLE mask (``{"size": [h, w], "counts": ...}``)."""
+    parts: list[np.ndarray] = []
+    if isinstance(segmentation, list):
+        for poly in segmentation:
+            if isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0:
+                try:
+                    points = np.array(poly, dtype=np.float64).reshape(-1, 2)
+                except (TypeError, ValueError):
+                    continue
+                if np.isfinite(points).all() and abs(_signed_area(points)) > 0:
+                    parts.append(points)
+    elif isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        from pycocotools import mask as mask_utils
+
+        from .opencv import cv2
+
+        rle = segmentation
+        if isinstance(rle["counts"], list):  # uncompressed RLE
+            rle = mask_utils.frPyObjects(rle, *rle["size"])
+        mask = mask_utils.decode(rle).astype(np.uint8)
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        parts = [c.reshape(-1, 2).astype(np.float64) for c in contours if len(c) >= 3 and cv2.contourArea(c) > 0]
+    if not parts:
+        return None
+    merged = merge_parts(parts)
+    merged[:, 0] = merged[:, 0].clip(0, w)
+    merged[:, 1] = merged[:, 1].clip(0, h)
+    return merged
+
+
+def _polygon_line(points: np.ndarray, cls: int, w: float, h: float) -> str:
+    return f"{cls} " + " ".join(f"{v:.6f}" for v in (points / (w, h)).ravel())
 
 
 def _known(key: Any, ids: dict[Any, Any]) -> bool:
@@ -220,6 +285,7 @@ def convert_coco_annotations(
     split: str | None,
     include_crowd: bool,
     link_images: bool,
+    segments: bool = False,
 ) -> CocoConversion:
     annotations, images_dir, out_dir = Path(annotations), Path(images_dir), Path(out_dir)
     d = _load_json(annotations)
@@ -240,6 +306,7 @@ def convert_coco_annotations(
 
     lines: dict[Any, list[str]] = {iid: [] for iid in images}
     skipped: Counter = Counter()
+    box_only = 0
     for ann in d["annotations"]:
         if not isinstance(ann, dict) or not _known(ann.get("image_id"), images):
             skipped[UNKNOWN_IMAGE] += 1
@@ -254,8 +321,14 @@ def convert_coco_annotations(
             line = _yolo_line(ann, class_of[ann["category_id"]], w, h)
             if line is None:
                 skipped[EMPTY_BOX] += 1
-            else:
-                lines[ann["image_id"]].append(line)
+                continue
+            if segments:
+                points = outline(ann.get("segmentation"), w, h)
+                if points is None:
+                    box_only += 1  # kept as its box: segmentation training leaves it out, with a warning
+                else:
+                    line = _polygon_line(points, class_of[ann["category_id"]], w, h)
+            lines[ann["image_id"]].append(line)
 
     labels_dir = out_dir / "labels" / split
     made: set[Path] = set()
@@ -299,7 +372,10 @@ def convert_coco_annotations(
         if skipped[reason]:
             log = LOGGER.info if reason == CROWD else LOGGER.warning  # crowd regions are skipped by design
             log(f"{annotations}: skipped {skipped[reason]} annotations: {reason}")
-    LOGGER.info(f"{annotations}: {len(images)} images, {boxes} boxes, {len(names)} classes -> {labels_dir}")
+    if box_only:
+        LOGGER.warning(f"{annotations}: {box_only} annotations have no usable segmentation: written as boxes")
+    what = "objects (outlines)" if segments else "boxes"
+    LOGGER.info(f"{annotations}: {len(images)} images, {boxes} {what}, {len(names)} classes -> {labels_dir}")
     return CocoConversion(yaml_file, len(images), boxes, len(names), skipped)
 
 
@@ -311,6 +387,7 @@ def convert_coco(
     split: str | None = None,
     include_crowd: bool = False,
     link_images: bool = True,
+    segments: bool = False,
 ) -> Path:
     """Convert a COCO instances JSON to YOLO labels under ``out_dir``; returns the written ``out_dir/data.yaml``.
 
@@ -323,5 +400,8 @@ def convert_coco(
         include_crowd: keep ``iscrowd=1`` annotations (skipped by default, as crowd regions are not objects).
         link_images: link ``out_dir/images/<split>`` to ``images_dir``; if False (or linking fails) write
             ``out_dir/<split>.txt`` with absolute image paths instead.
+        segments: write each object's outline (its ``segmentation``) instead of its box.
     """
-    return convert_coco_annotations(annotations, images_dir, out_dir, split, include_crowd, link_images).yaml_file
+    return convert_coco_annotations(
+        annotations, images_dir, out_dir, split, include_crowd, link_images, segments
+    ).yaml_file
