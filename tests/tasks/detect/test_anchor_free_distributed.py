@@ -1,6 +1,7 @@
-"""DDP with the anchor-free and end-to-end heads: 2 gloo processes train exactly like 1 process with the same global
-batch (the TAL loss is normalised by the target-score sum of the global batch), and normalising by each rank's own
-sum instead (the negative control) does not. The harness follows tests/engine/test_distributed.py."""
+"""DDP with the anchor-free, end-to-end and segmentation heads: 2 gloo processes train exactly like 1 process with the
+same global batch (the TAL loss is normalised by the target-score sum of the global batch, the mask term by its
+positives), and normalising by each rank's own sum instead (the negative control) does not. The harness follows
+tests/engine/test_distributed.py."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from torch import nn
 from gmyolo.data.synth import make_synthetic_dataset
 from gmyolo.engine import trainer as base_trainer_module
 from gmyolo.models.yolo import AnchorFreeDetect, DetectionModel
+from gmyolo.tasks import trainer_for
 from gmyolo.tasks.detect import loss_tal
-from gmyolo.tasks.detect.train import TrainArgs, train
+from gmyolo.tasks.detect.train import TrainArgs
+from gmyolo.tasks.segment import loss as segment_loss
 
 # 16 images, global batch 8: 2 steps per epoch (4 images per rank and step with 2 ranks).
 RUN = dict(imgsz=64, batch=8, nbs=8, workers=0, device="cpu", progress=False, plots=False, tensorboard=False)
@@ -26,6 +29,12 @@ RUN = dict(imgsz=64, batch=8, nbs=8, workers=0, device="cpu", progress=False, pl
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     return str(make_synthetic_dataset(tmp_path_factory.mktemp("synth"), seed=0, n_train=16, n_val=8, imgsz=96))
+
+
+@pytest.fixture(scope="module")
+def synth_segments(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthseg")
+    return str(make_synthetic_dataset(root, seed=0, n_train=16, n_val=8, imgsz=96, segments=True))
 
 
 def free_port() -> int:
@@ -70,8 +79,9 @@ def worker(rank: int, world: int, port: int, out: str, args: dict, local_normali
     real_wrap = base_trainer_module.wrap_model
     base_trainer_module.wrap_model = lambda model, *a: (models.append(model), real_wrap(model, *a))[1]
     if local_normaliser:  # the negative control: each rank divides by its own target-score sum (no all-reduce)
-        loss_tal.mean_over_ranks = lambda x: x / world
-    result = train(TrainArgs(**args))
+        loss_tal.mean_over_ranks = segment_loss.mean_over_ranks = lambda x: x / world
+    options = TrainArgs(**args)
+    result = trainer_for(options)(options).train()
     torch.save({"result": result, "model": models[0].state_dict()}, os.path.join(out, f"rank{rank}.pt"))
 
 
@@ -105,9 +115,12 @@ def largest_difference(a: dict, b: dict) -> tuple[float, str]:
         pytest.param("yolo11n-gmf-nano", "AdamW", 4, 8, 2e-6, 5, id="anchor-free-adamw-accumulate"),
         # The end-to-end head: two TAL losses (one-to-many, one-to-one), each normalised over the global batch.
         pytest.param("yolo26n-gmf-nano", "SGD", 8, 8, 1e-6, 4, id="end-to-end-sgd"),
+        # Segmentation: the anchor-free head's mask term too, on the shapes' outlines.
+        pytest.param("yolo11n-gmf-nano-seg", "AdamW", 4, 8, 2e-6, 5, id="segment-adamw-accumulate"),
     ],
 )
-def test_two_ranks_train_like_one_process(synth, tmp_path, model, optimizer, batch, nbs, atol, updates):
+def test_two_ranks_train_like_one_process(request, tmp_path, model, optimizer, batch, nbs, atol, updates):
+    synth = request.getfixturevalue("synth_segments" if model.endswith("-seg") else "synth")
     # Measured largest weight differences (deterministic from run to run): 8.9e-7 (anchor-free, AdamW: float rounding
     # of the all-reduces, which Adam's per-element scaling enlarges where a gradient is near 0) and 2.8e-7
     # (end-to-end, SGD); with each rank normalising by its own target-score sum instead: 8.3e-3 and 0.58.
