@@ -141,9 +141,10 @@ def test_segment_command_form_and_its_synthetic_data(tmp_path):
 
 
 def test_yolov5_seg_trains_with_anchors_fitted(synth, tmp_path):
-    options = TrainArgs(data=synth, epochs=1, project=str(tmp_path), **{**FAST, "model": "yolov5s-seg"})
+    options = TrainArgs(data=synth, epochs=1, project=str(tmp_path), **{**FAST, "model": "yolov5s-seg", "plots": True})
     assert trainer_for(options) is SegmentationTrainer
     result = trainer_for(options)(options).train()
     row = read_csv(tmp_path / "exp/results.csv")[0]
     assert {"train/box_loss", "train/seg_loss", "train/obj_loss", "train/cls_loss"} <= set(row)
     assert float(row["train/seg_loss"]) > 0 and "mask_mAP50" in result
+    assert (tmp_path / "exp/MaskPR_curve.png").is_file() and (tmp_path / "exp/PR_curve.png").is_file()

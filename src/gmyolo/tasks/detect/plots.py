@@ -21,8 +21,11 @@ from .postprocess import postprocess
 __all__ = ["plot_metric_curves", "plot_confusion_matrix", "PredictionPictures"]
 
 
-def plot_metric_curves(metrics: DetectionMetrics, names: Sequence[str], save_dir: str | Path) -> list[Path]:
-    """PR curve (IoU 0.5), and F1, precision and recall against confidence; per class and mean."""
+def plot_metric_curves(
+    metrics: DetectionMetrics, names: Sequence[str], save_dir: str | Path, prefix: str = ""
+) -> list[Path]:
+    """PR curve (IoU 0.5), and F1, precision and recall against confidence; per class and mean. ``prefix`` names
+    the files of another set of the same scores (``Mask``: MaskPR_curve.png, ...)."""
     plt = pyplot()
     save_dir = Path(save_dir)
     curves, outputs = metrics.curves, []
@@ -38,9 +41,10 @@ def plot_metric_curves(metrics: DetectionMetrics, names: Sequence[str], save_dir
     ax.plot(
         recall_axis, curves["pr"].mean(0), linewidth=3, color="blue", label=f"all classes {metrics.map50:.3f} mAP@0.5"
     )
-    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.01), title="Precision-Recall curve")
+    title = f"{prefix} Precision-Recall curve".strip()
+    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.01), title=title)
     ax.legend(loc="lower left", fontsize=8)
-    outputs.append(save_dir / "PR_curve.png")
+    outputs.append(save_dir / f"{prefix}PR_curve.png")
     fig.savefig(outputs[-1], dpi=150)
     plt.close(fig)
     for key, ylabel in (("f1", "F1"), ("precision", "Precision"), ("recall", "Recall")):
@@ -59,7 +63,7 @@ def plot_metric_curves(metrics: DetectionMetrics, names: Sequence[str], save_dir
         )
         ax.set(xlabel="Confidence", ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.01), title=f"{ylabel}-Confidence curve")
         ax.legend(loc="lower left", fontsize=8)
-        outputs.append(save_dir / f"{ylabel}_curve.png")
+        outputs.append(save_dir / f"{prefix}{ylabel}_curve.png")
         fig.savefig(outputs[-1], dpi=150)
         plt.close(fig)
     return outputs

@@ -272,6 +272,8 @@ def save_validation_plots(results: ValResults, save_dir: Path) -> list[Path]:
 
     save_dir.mkdir(parents=True, exist_ok=True)
     outputs = plot_metric_curves(results.metrics, results.names, save_dir)
+    if results.mask_metrics is not None:  # segmentation: the masks' curves beside the boxes'
+        outputs += plot_metric_curves(results.mask_metrics, results.names, save_dir, prefix="Mask")
     if results.confusion is not None:
         outputs.append(plot_confusion_matrix(results.confusion, results.names, save_dir))
     return outputs
