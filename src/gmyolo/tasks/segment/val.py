@@ -84,8 +84,8 @@ class SegmentValidator(Validator):
         predicted = predicted_masks(self.prototypes[si], det[:, 6:], det[:, :4], (h, w))
         truth = label_masks(masks[si].to(det.device), len(labels), (h, w))
         overlaps = mask_iou(truth, predicted) if len(truth) and len(predicted) else None
-        labelsn = torch.cat((labels[:, :1], labels[:, 1:5]), 1)  # classes are what matching needs besides overlaps
-        correct = match_predictions(det[:, :6], labelsn, IOU_THRESHOLDS, self.rule, iou=overlaps)
+        # Given the overlaps, matching reads only the labels' classes (column 0) and the detections' scores and classes.
+        correct = match_predictions(det[:, :6], labels, IOU_THRESHOLDS, self.rule, iou=overlaps)
         self.mask_stats.append((correct, det[:, 4].cpu(), det[:, 5].cpu(), labels[:, 0].long().cpu()))
 
     def results(self, **fields: Any) -> ValResults:
