@@ -61,19 +61,24 @@ def test_items_gradients_and_no_positives():
     assert head.proto.cv3.conv.weight.grad is not None
 
 
-def test_a_few_steps_on_one_batch_lower_the_mask_loss():
-    torch.manual_seed(0)
-    model = DetectionModel("yolo11n-gmf-nano-seg", nc=3).train()
-    criterion = make_loss(model.detect, resolve_hyp(head="anchor_free"))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+def mask_losses_on_one_batch(model, criterion, optimizer, steps: int) -> list[float]:
+    """The seg_loss item of ``steps`` optimizer steps on one fixed batch (BOXES and their masks)."""
     x, targets = torch.rand(2, 3, 128, 128), (BOXES, overlap_masks())
     seg = []
-    for _ in range(12):
+    for _ in range(steps):
         optimizer.zero_grad()
         total, items = criterion(model(x), targets)
         total.backward()
         optimizer.step()
         seg.append(items[1].item())
+    return seg
+
+
+def test_a_few_steps_on_one_batch_lower_the_mask_loss():
+    torch.manual_seed(0)
+    model = DetectionModel("yolo11n-gmf-nano-seg", nc=3).train()
+    criterion = make_loss(model.detect, resolve_hyp(head="anchor_free"))
+    seg = mask_losses_on_one_batch(model, criterion, torch.optim.AdamW(model.parameters(), lr=2e-3), steps=12)
     assert seg[-1] < 0.7 * seg[0], seg
 
 
@@ -105,14 +110,7 @@ def test_yolov5_seg_loss_learns_masks_on_one_batch():
     criterion = make_loss(model.detect, loss_gains(hyp, model.detect, 3, 128))
     assert criterion.names == model.detect.loss_names == ("box_loss", "seg_loss", "obj_loss", "cls_loss")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, targets = torch.rand(2, 3, 128, 128), (BOXES, overlap_masks())
-    seg = []
-    for _ in range(10):
-        optimizer.zero_grad()
-        total, items = criterion(model(x), targets)
-        total.backward()
-        optimizer.step()
-        seg.append(items[1].item())
+    seg = mask_losses_on_one_batch(model, criterion, optimizer, steps=10)
     assert seg[-1] < 0.7 * seg[0], seg
     assert model.detect.proto.cv1.conv.weight.grad.abs().sum() > 0
 
