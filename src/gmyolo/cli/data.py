@@ -25,6 +25,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     c.add_argument("--imgsz", type=int, default=640, help="training image size for the batch pictures")
     c.add_argument("--out", default="runs/data-check", help="folder for the pictures (default runs/data-check)")
     c.add_argument("--batches", type=int, default=2, help="augmented training batches to draw (default 2)")
+    c.add_argument("--segments", action="store_true", help="segmentation labels: check the outlines, draw the masks")
     c.set_defaults(run=run_check)
 
 
@@ -106,17 +107,23 @@ def run_check(args: argparse.Namespace) -> None:
     import numpy as np
 
     from ..data.config import load_dataset_config
-    from ..data.dataset import build_dataloader, create_dataset
+    from ..data.dataset import build_dataloader, collate_fn, collate_segments, create_dataset
     from ..data.plots import plot_batch, plot_labels
+    from ..tasks.segment.plots import target_masks
 
     data = load_dataset_config(args.data)
     out = Path(args.out)
     for split in data.splits:
-        dataset, summary = create_dataset(data, split, imgsz=args.imgsz, augment=split == "train")
+        dataset, summary = create_dataset(
+            data, split, imgsz=args.imgsz, augment=split == "train", segments=args.segments
+        )
         print(summary.line(split))
         labels = np.concatenate([r.labels for r in dataset.records])
         print(f"  saved {plot_labels(labels, data.names, out / f'labels_{split}.jpg')}")
         if split == "train":
-            loader = build_dataloader(dataset, batch_size=16, workers=0, shuffle=True)
-            for i, (images, targets, paths, _) in zip(range(args.batches), loader):
-                print(f"  saved {plot_batch(images, targets, data.names, out / f'train_batch{i}.jpg', paths)}")
+            collate = collate_segments if args.segments else collate_fn
+            loader = build_dataloader(dataset, batch_size=16, workers=0, shuffle=True, collate=collate)
+            for i, (images, targets, paths, _, *overlap) in zip(range(args.batches), loader):
+                masks = target_masks(targets, overlap[0]) if overlap else None
+                path = plot_batch(images, targets, data.names, out / f"train_batch{i}.jpg", paths, masks=masks)
+                print(f"  saved {path}")

@@ -11,7 +11,7 @@ import torch
 
 from .opencv import cv2
 
-__all__ = ["class_colour", "plot_batch", "plot_labels"]
+__all__ = ["class_colour", "draw_masks", "plot_batch", "plot_labels"]
 
 
 def class_colour(c: int) -> tuple[int, int, int]:
@@ -19,6 +19,15 @@ def class_colour(c: int) -> tuple[int, int, int]:
     hue = int((c * 0.618033988749895 % 1.0) * 179)
     hsv = np.uint8([[[hue, 220, 235]]])
     return tuple(int(v) for v in cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[0, 0])
+
+
+def draw_masks(image: np.ndarray, masks: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """A copy of the BGR ``image`` with n×H×W bool ``masks`` blended in their class colours (later ones on top)."""
+    out = image.copy()
+    for m, c in zip(masks, classes):
+        colour = np.array(class_colour(int(c)), np.float32)
+        out[m] = (out[m] * (1 - alpha) + colour * alpha).astype(np.uint8)
+    return out
 
 
 def plot_batch(
@@ -29,13 +38,17 @@ def plot_batch(
     paths: Sequence[str] | None = None,
     max_images: int = 16,
     max_size: int = 1920,
+    masks: torch.Tensor | None = None,
 ) -> Path:
     """Save a grid of batch images (B×3×H×W uint8 RGB) with their targets (M×6: i, cls, cx, cy, w, h normalised).
 
-    Rows with a 7th column are predictions and are drawn with their score.
+    Rows with a 7th column are predictions and are drawn with their score. ``masks``: the targets' M×h×w bool
+    masks over the whole image at any resolution (segmentation), blended in under the boxes.
     """
     images = images[:max_images].cpu()
     targets = targets.cpu().numpy()
+    if masks is not None:
+        masks = masks.cpu().numpy().astype(np.uint8)
     b, _, h, w = images.shape
     cols = math.ceil(math.sqrt(b))
     rows = math.ceil(b / cols)
@@ -46,7 +59,11 @@ def plot_batch(
     for i in range(b):
         im = np.ascontiguousarray(images[i].permute(1, 2, 0).numpy()[:, :, ::-1])  # RGB -> BGR
         im = cv2.resize(im, (tw, th), interpolation=cv2.INTER_AREA) if scale != 1 else im.copy()
-        for row in targets[targets[:, 0] == i]:
+        mine = targets[:, 0] == i
+        if masks is not None and mine.any():
+            tile = [cv2.resize(m, (tw, th), interpolation=cv2.INTER_LINEAR) > 0 for m in masks[mine]]
+            im = draw_masks(im, tile, targets[mine, 1])
+        for row in targets[mine]:
             c = int(row[1])
             cx, cy, bw, bh = row[2] * tw, row[3] * th, row[4] * tw, row[5] * th
             p1, p2 = (int(cx - bw / 2), int(cy - bh / 2)), (int(cx + bw / 2), int(cy + bh / 2))

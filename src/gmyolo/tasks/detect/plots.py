@@ -81,6 +81,7 @@ class PredictionPictures:
     The images are read once, from the dataset rather than through a loader iterator (that would draw
     from the global RNG and a resumed run would no longer repeat the uninterrupted one), logged with
     their labels as ``val/labels``; the same images are drawn every epoch as ``val/predictions``.
+    A task whose pictures show more (segmentation: masks) overrides ``samples`` and ``predictions``.
     """
 
     def __init__(
@@ -93,37 +94,46 @@ class PredictionPictures:
     ):
         self.loader, self.names = loader, list(names)
         self.max_images, self.conf, self.iou = max_images, conf, iou
-        self.samples: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.samples: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
 
+    # ---- hooks ----------------------------------------------------------------------------------
+    def samples_of(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A collated batch -> its images (B×3×H×W uint8), targets (M×6) and the targets' masks (None here)."""
+        return batch[0], batch[1], None
+
+    def predictions(
+        self, decoded, output_format: str, size: tuple[int, int]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """The model's decoded output (in its head's ``output_format``) -> per image n×6 [x1, y1, x2, y2, score,
+        class] in input pixels, and per image the detections' n×H×W masks (None here). ``size``: the input's (H, W)."""
+        return postprocess(decoded.float(), output_format, self.conf, self.iou, max_det=100), None
+
+    # ---- drawing --------------------------------------------------------------------------------
     @torch.no_grad()
     def log(self, tb, model: nn.Module, step: int) -> None:
         """Draw ``model``'s detections on the sample images into ``tb`` (a TensorBoardLogger) at ``step``."""
         loader = self.loader
         if self.samples is None:
             n = min(self.max_images, loader.batch_size or 1, len(loader.dataset))  # one batch: shapes agree
-            images, targets = loader.collate_fn([loader.dataset[i] for i in range(n)])[:2]
-            self.samples = images, targets
-            self._log_plot(tb, "val/labels", images, targets, step)
-        images, _ = self.samples
+            self.samples = self.samples_of(loader.collate_fn([loader.dataset[i] for i in range(n)]))
+            self._log_plot(tb, "val/labels", *self.samples, step)
+        images = self.samples[0]
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
         decoded, _ = model(images.to(device).float() / 255)
         model.train(was_training)
         h, w = images.shape[2:]
+        detections, masks = self.predictions(decoded, getattr(model, "output_format", YOLOV5_FORMAT), (h, w))
         rows = []
-        output_format = getattr(model, "output_format", YOLOV5_FORMAT)
-        extra = 0
-        if output_format.endswith("_masks"):  # segmentation: the boxes of (detections, prototypes)
-            decoded, prototypes = decoded
-            extra = prototypes.shape[1]
-        detections = postprocess(decoded.float(), output_format, self.conf, self.iou, max_det=100, extra=extra)
         for i, det in enumerate(detections):
             det = det.cpu()
             xywh = box_convert(det[:, :4], "xyxy", "cxcywh") / torch.tensor([w, h, w, h])
             rows.append(torch.cat([torch.full((len(det), 1), float(i)), det[:, 5:6], xywh, det[:, 4:5]], 1))
-        self._log_plot(tb, "val/predictions", images, torch.cat(rows) if rows else torch.zeros((0, 7)), step)
+        boxes = torch.cat(rows) if rows else torch.zeros((0, 7))
+        masks = torch.cat(masks).cpu() if masks is not None and masks else None
+        self._log_plot(tb, "val/predictions", images, boxes, masks, step)
 
-    def _log_plot(self, tb, tag: str, images: torch.Tensor, boxes: torch.Tensor, step: int) -> None:
+    def _log_plot(self, tb, tag: str, images: torch.Tensor, boxes: torch.Tensor, masks, step: int) -> None:
         with tempfile.TemporaryDirectory() as tmp:  # plot_batch draws into a file
-            tb.log_image(tag, plot_batch(images, boxes, self.names, Path(tmp) / "plot.jpg"), step)
+            tb.log_image(tag, plot_batch(images, boxes, self.names, Path(tmp) / "plot.jpg", masks=masks), step)

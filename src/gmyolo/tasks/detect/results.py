@@ -11,10 +11,10 @@ import cv2
 import numpy as np
 import torch
 
-from ...data.plots import class_colour
+from ...data.plots import class_colour, draw_masks
 from ...utils.files import atomic_write
 
-__all__ = ["Results", "draw_detections", "draw_masks"]
+__all__ = ["Results", "draw_detections"]
 
 
 def draw_detections(
@@ -46,15 +46,6 @@ def draw_detections(
         brightness = 0.114 * colour[0] + 0.587 * colour[1] + 0.299 * colour[2]
         ink = (0, 0, 0) if brightness > 140 else (255, 255, 255)
         cv2.putText(out, text, (p1[0], top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, ink, thickness, cv2.LINE_AA)
-    return out
-
-
-def draw_masks(image: np.ndarray, masks: np.ndarray, classes: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """A copy of the BGR ``image`` with n×H×W bool ``masks`` blended in their class colours (later ones on top)."""
-    out = image.copy()
-    for m, c in zip(masks, classes):
-        colour = np.array(class_colour(int(c)), np.float32)
-        out[m] = (out[m] * (1 - alpha) + colour * alpha).astype(np.uint8)
     return out
 
 

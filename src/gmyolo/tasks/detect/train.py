@@ -89,6 +89,7 @@ class DetectionTrainer(Trainer):
     validator = Validator  # scores the EMA model each epoch, and best.pt at the end
     segments = False  # the datasets carry the objects' outlines (and batches their masks)
     collate = staticmethod(collate_fn)  # a loader's batches
+    pictures_type = PredictionPictures  # TensorBoard's validation images
 
     def __init__(self, args: TrainArgs):
         super().__init__(args)
@@ -281,15 +282,20 @@ class DetectionTrainer(Trainer):
 
     def on_batch_end(self, i, images, targets, paths) -> None:
         if self.epoch == self.start and i < 3 and self.args.plots and self.ckpt is None and is_main_process():
-            plotted = plot_batch(
-                images.mul(255).byte().cpu(),
-                targets.cpu(),
-                self.data.names,
-                self.save_dir / f"train_batch{i}.jpg",
-                paths,
-            )
-            if self.tb is not None:
-                self.tb.log_image(plotted.stem, plotted, self.epoch + 1)
+            self.plot_train_batch(i, images, targets, paths)
+
+    def plot_train_batch(self, i, images, targets, paths, masks=None) -> None:
+        """train_batch{i}.jpg (and TensorBoard's picture of it): the augmented images with their labels."""
+        plotted = plot_batch(
+            images.mul(255).byte().cpu(),
+            targets.cpu(),
+            self.data.names,
+            self.save_dir / f"train_batch{i}.jpg",
+            paths,
+            masks=masks,
+        )
+        if self.tb is not None:
+            self.tb.log_image(plotted.stem, plotted, self.epoch + 1)
 
     def validate(self) -> Evaluation:
         validator = self.validator(
@@ -312,7 +318,7 @@ class DetectionTrainer(Trainer):
 
     def log_images(self, step: int) -> None:
         if self.pictures is None:
-            self.pictures = PredictionPictures(self.val_loader, self.data.names)
+            self.pictures = self.pictures_type(self.val_loader, self.data.names)
         self.pictures.log(self.tb, self.ema.module, step)
 
     def checkpoint_fields(self) -> dict[str, Any]:

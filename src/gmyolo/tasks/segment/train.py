@@ -14,6 +14,7 @@ from ...engine.trainer import Evaluation
 from ..detect.options import TrainArgs
 from ..detect.train import METRIC_COLUMNS, DetectionTrainer
 from . import loss as _registers_the_losses  # noqa: F401 (the Segment heads' criteria, by name)
+from .plots import SegmentPredictionPictures, target_masks
 from .val import SegmentValidator
 
 __all__ = ["SegmentationTrainer", "MASK_COLUMNS", "train_segmentation"]
@@ -33,6 +34,7 @@ class SegmentationTrainer(DetectionTrainer):
     validator = SegmentValidator
     segments = True
     collate = staticmethod(collate_segments)
+    pictures_type = SegmentPredictionPictures
 
     def preprocess(self, batch):
         images, targets, paths, _, masks = batch
@@ -42,8 +44,9 @@ class SegmentationTrainer(DetectionTrainer):
     def progress_text(self, mean_loss, images, targets) -> str:
         return super().progress_text(mean_loss, images, targets[0])
 
-    def on_batch_end(self, i, images, targets, paths) -> None:
-        super().on_batch_end(i, images, targets[0], paths)
+    def plot_train_batch(self, i, images, targets, paths, masks=None) -> None:
+        targets, overlap = targets
+        super().plot_train_batch(i, images, targets, paths, target_masks(targets, overlap))
 
     def validate(self) -> Evaluation:
         ev = super().validate()
