@@ -55,12 +55,12 @@ def write_red_shapes(root, n=6, size=96):
     return root / "data.yaml"
 
 
-def red_at_mask_size(image_chw):
+def red_at_mask_size(image_chw, downsample):
     """Where the image is red, at the masks' resolution (area average, more than half red)."""
     im = image_chw.numpy().transpose(1, 2, 0)  # RGB
     red = ((im[..., 0] > 150) & (im[..., 1] < 100) & (im[..., 2] < 100)).astype(np.float32)
     h, w = red.shape
-    return cv2.resize(red, (w // MASK_DOWNSAMPLE, h // MASK_DOWNSAMPLE), interpolation=cv2.INTER_AREA) > 0.5
+    return cv2.resize(red, (w // downsample, h // downsample), interpolation=cv2.INTER_AREA) > 0.5
 
 
 NO_HSV = {"hsv_h": 0.0, "hsv_s": 0.0, "hsv_v": 0.0}  # the objects stay red
@@ -80,11 +80,12 @@ def test_masks_lie_where_the_objects_are_drawn(tmp_path, kwargs):
     data = load_dataset_config(write_red_shapes(tmp_path))
     dataset, _ = create_dataset(data, "train", 96, segments=True, seed=1, **kwargs)
     both = either = mirrored = 0  # red pixels and mask pixels, over all samples; and with the mask mirrored
+    downsample = MASK_DOWNSAMPLE if dataset.augment else 1  # training: the prototypes' size; validation: the input's
     for epoch in range(3):
         dataset.set_epoch(epoch)
         for i in range(len(dataset)):
             image, targets, _, _, masks = dataset[i]
-            assert masks.shape == (image.shape[1] // 4, image.shape[2] // 4)
+            assert masks.shape == (image.shape[1] // downsample, image.shape[2] // downsample)
             assert int(masks.max()) <= len(targets)
             # Target j's box holds mask value j + 1 (to within a mask pixel).
             H, W = masks.shape
@@ -93,7 +94,7 @@ def test_masks_lie_where_the_objects_are_drawn(tmp_path, kwargs):
                 if len(xs):
                     assert xs.min() >= (cx - w / 2) * W - 1 and xs.max() + 1 <= (cx + w / 2) * W + 1
                     assert ys.min() >= (cy - h / 2) * H - 1 and ys.max() + 1 <= (cy + h / 2) * H + 1
-            red, ours = red_at_mask_size(image), masks.numpy() > 0
+            red, ours = red_at_mask_size(image, downsample), masks.numpy() > 0
             both, either = both + (red & ours).sum(), either + (red | ours).sum()
             mirrored += (red & ours[:, ::-1]).sum()
     if "mixup" not in kwargs.get("hyp", {}):
@@ -115,7 +116,7 @@ def test_segment_batches_and_boxes_without_outlines(tmp_path, caplog):
 
     loader = build_dataloader(dataset, 3, workers=0, shuffle=False, collate=collate_segments)
     images, targets, paths, shapes, masks = next(iter(loader))
-    assert masks.shape == (3, images.shape[2] // 4, images.shape[3] // 4)
+    assert masks.shape == (3, *images.shape[2:])  # not augmented (validation): at the input's size
     for b in range(3):  # each image's targets number its mask values
         assert int(masks[b].max()) == int((targets[:, 0] == b).sum())
 

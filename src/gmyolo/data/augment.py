@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from pycocotools import mask as mask_utils
 
 from .opencv import cv2
 
@@ -144,14 +145,17 @@ def polygons_to_masks(
     """One mask for the objects of an image, at 1/``downsample`` of its size (Ultralytics' ``overlap_mask``).
 
     Pixel value j + 1 marks the object ranked j by area, largest first, so where outlines overlap the smaller
-    object is on top. Returns the mask (height/downsample, width/downsample) int32 and the ranking (the object
+    object is on top. At ``downsample`` 1 (validation) the outlines are drawn by pycocotools, so that mask IoU is
+    COCO's. Returns the mask (height/downsample, width/downsample) int32 and the ranking (the object
     index of each value).
     """
     h, w = height // downsample, width // downsample
     masks = np.zeros((len(polygons), h, w), np.uint8)
     full = np.zeros((h * downsample, w * downsample), np.uint8)
     for m, p in zip(masks, polygons):
-        if len(p) >= 3:
+        if len(p) >= 3 and downsample == 1:  # at full size, drawn as COCO draws outlines (pycocotools)
+            m[:] = mask_utils.decode(mask_utils.frPyObjects([p.astype(np.float64).ravel().tolist()], h, w))[..., 0]
+        elif len(p) >= 3:
             # Drawn at the image's size and area-averaged down, a mask pixel on when more than half covered (cv2
             # fills a polygon's boundary pixels too, a one-pixel bias at full size). cv2 puts integer coordinates
             # at pixel centres, ours at pixel edges: hence the - 0.5.

@@ -6,9 +6,11 @@ A batch is ``(images, targets, paths, shapes)``:
 - paths: the image files; shapes: per image ``((h0, w0), ((scale_h, scale_w), (pad_w, pad_h)))`` to map
   predictions back to original pixels (None for mosaics).
 
-With ``segments=True`` (instance segmentation) a batch also holds ``masks``: B×(H/4)×(W/4) int32, in each image
-value j + 1 where its j-th target lies (targets ordered largest first, so a smaller object overlapping a larger
-one is on top: Ultralytics' ``overlap_mask``), made from the outlines after augmentation (:func:`collate_segments`).
+With ``segments=True`` (instance segmentation) a batch also holds ``masks``: B×(H/4)×(W/4) int32 for training
+(the prototypes' size), B×H×W for validation (mask IoU against the outlines at the input's size, not at a quarter of
+it), in each image value j + 1 where its j-th target lies (targets ordered largest first, so a smaller object
+overlapping a larger one is on top: Ultralytics' ``overlap_mask``), made from the outlines after augmentation
+(:func:`collate_segments`).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ __all__ = [
 
 LOGGER = logging.getLogger("gmyolo")
 MAX_WORKERS = 8  # YOLOv5's and Ultralytics' default per process
-MASK_DOWNSAMPLE = 4  # masks at 1/4 of the image size (the prototype masks' resolution), as YOLOv5-seg and Ultralytics
+MASK_DOWNSAMPLE = 4  # training masks at 1/4 of the image size (the prototypes'), as YOLOv5-seg and Ultralytics
 
 
 class EpochState:
@@ -274,7 +276,7 @@ class YOLODataset(Dataset):
         im = torch.from_numpy(np.ascontiguousarray(im[:, :, ::-1].transpose(2, 0, 1)))  # BGR HWC -> RGB CHW
         if not self.segments:
             return im, targets, str(record.image), shapes
-        masks, order = polygons_to_masks(objects.segments, H, W, MASK_DOWNSAMPLE)
+        masks, order = polygons_to_masks(objects.segments, H, W, MASK_DOWNSAMPLE if self.augment else 1)
         return im, targets[torch.from_numpy(order)], str(record.image), shapes, torch.from_numpy(masks)
 
 

@@ -148,3 +148,27 @@ def test_yolov5_seg_trains_with_anchors_fitted(synth, tmp_path):
     assert {"train/box_loss", "train/seg_loss", "train/obj_loss", "train/cls_loss"} <= set(row)
     assert float(row["train/seg_loss"]) > 0 and "mask_mAP50" in result
     assert (tmp_path / "exp/MaskPR_curve.png").is_file() and (tmp_path / "exp/PR_curve.png").is_file()
+
+
+def test_save_json_writes_masks_and_scores_them_with_pycocotools(trained, tmp_path):
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    metrics = run_val(ValArgs(weights=trained, imgsz=64, batch=8, workers=0, progress=False, plots=False,
+                              save_json=True, project=str(tmp_path)))  # fmt: skip
+    run = tmp_path / "exp"
+    truth = json.loads((run / "ground_truth.json").read_text())
+    sizes = {im["id"]: (im["height"], im["width"]) for im in truth["images"]}
+    assert all(len(a["segmentation"][0]) >= 6 for a in truth["annotations"])  # every object's outline, in pixels
+    detections = json.loads((run / "predictions.json").read_text())
+    assert detections and all("segmentation" in d for d in detections)
+    for d in detections[:50]:  # each mask on its original image, inside its box (+1 px of resampling)
+        mask = mask_utils.decode(d["segmentation"])
+        assert mask.shape == sizes[d["image_id"]]
+        ys, xs = mask.nonzero()
+        x, y, w, h = d["bbox"]
+        if len(xs):
+            assert xs.min() >= x - 1 and xs.max() <= x + w + 1 and ys.min() >= y - 1 and ys.max() <= y + h + 1
+    # pycocotools' figures for boxes and masks (their agreement with ours: test_segment_metrics.py's noisy oracle)
+    assert set(metrics["coco"]) == {"mAP50", "mAP50-95", "mask_mAP50", "mask_mAP50-95"}

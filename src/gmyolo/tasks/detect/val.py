@@ -107,9 +107,12 @@ def run_val(args: ValArgs) -> dict[str, Any]:
             raise ValueError(f"{len(missing)} images are not in the COCO ground truth (e.g. {missing[0]})")
         detections = coco_detections(results.predictions, file_to_id, category_ids)
         (save_dir / "predictions.json").write_text(json.dumps(detections))
-        coco = run_cocoeval(gt, detections)
-        print(coco.get("summary", ""))
-        print(f"pycocotools: mAP50-95 {coco['mAP50-95']:.4f}  mAP50 {coco['mAP50']:.4f}")
-        out["coco"] = {k: v for k, v in coco.items() if k != "summary"}
+        out["coco"] = {}
+        for iou_type in validator.iou_types:  # boxes; and masks for segmentation
+            coco = run_cocoeval(gt, detections, iou_type)
+            prefix = "mask_" if iou_type == "segm" else ""
+            print(coco.get("summary", ""))
+            print(f"pycocotools {iou_type}: {prefix}mAP50-95 {coco['mAP50-95']:.4f}  {prefix}mAP50 {coco['mAP50']:.4f}")
+            out["coco"].update({prefix + k: v for k, v in coco.items() if k != "summary"})
     LOGGER.info("results saved to %s", save_dir)
     return out

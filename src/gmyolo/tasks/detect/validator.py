@@ -119,8 +119,10 @@ class Validator:
 
     A task whose batches or predictions hold more (segmentation: masks) overrides the hooks: ``unpack`` (a loader
     batch), ``split`` (the model's output), ``detections`` (NMS), ``score`` (one image's predictions against its
-    labels) and ``results``.
+    labels) and ``results``; ``iou_types`` names what its kept predictions are scored on by pycocotools.
     """
+
+    iou_types: tuple[str, ...] = ("bbox",)
 
     def __init__(
         self,

@@ -6,13 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ...data.sources import Frame
 from ..detect.postprocess import postprocess
 from ..detect.predict import Predictor
 from ..detect.results import Results
-from .val import predicted_masks
+from .val import predicted_masks, scale_masks
 
 __all__ = ["SegmentPredictor"]
 
@@ -35,13 +34,7 @@ class SegmentPredictor(Predictor):
         )[0]
 
     def results(self, frame: Frame, det: torch.Tensor, size, ratio: float, pad, keep: bool) -> Results:
-        h, w = size
-        masks = predicted_masks(self.prototypes[0], det[:, 6:], det[:, :4], (h, w))  # n×h×w at the input's size
-        left, top = pad
-        h1, w1 = round(frame.image.shape[0] * ratio), round(frame.image.shape[1] * ratio)  # the image, unpadded
-        masks = masks[:, int(top) : int(top) + h1, int(left) : int(left) + w1].float()
-        if len(masks):
-            masks = F.interpolate(masks[None], frame.image.shape[:2], mode="bilinear", align_corners=False)[0]
+        masks = predicted_masks(self.prototypes[0], det[:, 6:], det[:, :4], size)  # n×H×W at the input's size
         results = super().results(frame, det[:, :6], size, ratio, pad, keep)
-        results.masks = (masks > 0.5).cpu()
+        results.masks = scale_masks(masks, frame.image.shape[:2], ((ratio, ratio), pad)).cpu()
         return results

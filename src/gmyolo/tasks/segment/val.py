@@ -9,12 +9,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ..detect.coco_eval import mask_rle
 from ..detect.metrics import IOU_THRESHOLDS, match_predictions
 from ..detect.postprocess import postprocess
 from ..detect.validator import Validator, ValResults
 from .loss import crop_to_boxes
 
-__all__ = ["SegmentValidator", "predicted_masks", "label_masks", "mask_iou"]
+__all__ = ["SegmentValidator", "predicted_masks", "scale_masks", "label_masks", "mask_iou"]
 
 
 def predicted_masks(
@@ -28,6 +29,20 @@ def predicted_masks(
     if len(logits):
         logits = F.interpolate(logits[None], size, mode="bilinear", align_corners=False)[0]
     return crop_to_boxes(logits.view(-1, *size), boxes.float()) > 0.0
+
+
+def scale_masks(
+    masks: torch.Tensor, original_shape: tuple[int, int], ratio_pad: tuple[tuple[float, float], tuple[float, float]]
+) -> torch.Tensor:
+    """n×H×W bool masks on the letterboxed input -> n×h0×w0 bool on the original image: the padding cut off, the
+    rest resized. ``ratio_pad`` = ((scale_h, scale_w), (pad_w, pad_h)) as the dataset reports it."""
+    (sh, sw), (pw, ph) = ratio_pad
+    h0, w0 = original_shape
+    top, left = int(ph), int(pw)
+    masks = masks[:, top : top + round(h0 * sh), left : left + round(w0 * sw)].float()
+    if len(masks):
+        masks = F.interpolate(masks[None], (h0, w0), mode="bilinear", align_corners=False)[0]
+    return masks > 0.5
 
 
 def label_masks(overlap: torch.Tensor, n: int, size: tuple[int, int]) -> torch.Tensor:
@@ -48,7 +63,9 @@ def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 class SegmentValidator(Validator):
     """:class:`~gmyolo.tasks.detect.validator.Validator` for segmentation batches ``(images, targets, paths, shapes,
     masks)`` and heads whose output is ``(detections with mask coefficients, prototypes)``; the results carry the
-    masks' metrics beside the boxes'."""
+    masks' metrics beside the boxes', and kept predictions each detection's mask on the original image (RLE)."""
+
+    iou_types = ("bbox", "segm")
 
     def __call__(self, model, loader) -> ValResults:
         self.mask_stats: list[tuple[torch.Tensor, ...]] = []
@@ -87,6 +104,9 @@ class SegmentValidator(Validator):
         # Given the overlaps, matching reads only the labels' classes (column 0) and the detections' scores and classes.
         correct = match_predictions(det[:, :6], labels, IOU_THRESHOLDS, self.rule, iou=overlaps)
         self.mask_stats.append((correct, det[:, 4].cpu(), det[:, 5].cpu(), labels[:, 0].long().cpu()))
+        if self.keep_predictions:  # on the original image, as the boxes
+            kept = predicted if shape is None else scale_masks(predicted, shape[0], shape[1])
+            self.predictions[-1]["masks"] = mask_rle(kept.cpu())
 
     def results(self, **fields: Any) -> ValResults:
         results = super().results(**fields)
