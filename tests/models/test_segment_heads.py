@@ -138,3 +138,13 @@ def test_ultralytics_own_segment_yaml_files_build_unchanged(ultralytics):
     for file, name in (("v8/yolov8-seg.yaml", "yolov8{}-seg"), ("11/yolo11-seg.yaml", "yolo11{}-seg")):
         for scale in "ns":
             assert n_params(DetectionModel(root / file, scale=scale)) == PACKAGE_PARAMS[name.format(scale)][0]
+
+
+@pytest.mark.parametrize("config", ["yolov5n", "yolo11n", "yolo26n", "yolov5s-seg", "yolo11n-seg"])
+def test_each_output_format_names_its_heads_task(config):
+    """Exported files record only their output format: it must lead to the task of the head that made it."""
+    from gmyolo.models.yolo.head import FORMAT_TASKS, OUTPUT_FORMATS
+
+    assert set(FORMAT_TASKS) == set(OUTPUT_FORMATS)
+    model = DetectionModel(config, nc=3)
+    assert FORMAT_TASKS[model.output_format] == model.detect.task

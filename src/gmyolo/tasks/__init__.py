@@ -32,11 +32,11 @@ def trainer_for(args: Any) -> type:
 
 def validator_for(output_format: str) -> tuple[type, bool, Callable]:
     """The validator of a model's decoded output (its head's ``output_format``), whether its dataset carries the
-    objects' outlines, and its loader's collate function: segmentation's for the ``*_masks`` formats (masks in the
-    batches), detection's otherwise."""
+    objects' outlines, and its loader's collate function: segmentation's (masks in the batches) or detection's."""
     from ..data.dataset import collate_fn, collate_segments
+    from ..models.yolo.head import FORMAT_TASKS
 
-    if output_format.endswith("_masks"):
+    if FORMAT_TASKS[output_format] == "segment":
         from .segment.val import SegmentValidator
 
         return SegmentValidator, True, collate_segments
@@ -46,8 +46,10 @@ def validator_for(output_format: str) -> tuple[type, bool, Callable]:
 
 
 def predictor_for(output_format: str) -> type:
-    """The predictor of a model's decoded output: segmentation's (boxes and masks) for the ``*_masks`` formats."""
-    if output_format.endswith("_masks"):
+    """The predictor of a model's decoded output: segmentation's (boxes and masks) or detection's."""
+    from ..models.yolo.head import FORMAT_TASKS
+
+    if FORMAT_TASKS[output_format] == "segment":
         from .segment.predict import SegmentPredictor
 
         return SegmentPredictor

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["Detect", "OUTPUT_FORMATS", "YOLOV5_FORMAT"]
+__all__ = ["Detect", "OUTPUT_FORMATS", "FORMAT_TASKS", "YOLOV5_FORMAT"]
 
 YOLOV5_FORMAT = "xywh_obj_cls"
 OUTPUT_FORMATS = {
@@ -31,6 +31,15 @@ OUTPUT_FORMATS = {
     # prototype masks (a detection's mask is sigmoid(coefficients · prototypes), at 1/4 of the input size).
     "xywh_obj_cls_masks": "(B×N×(5+nc+nm) as xywh_obj_cls then nm mask coefficients, B×nm×H/4×W/4 prototypes)",
     "xywh_cls_masks": "(B×N×(4+nc+nm) as xywh_cls then nm mask coefficients, B×nm×H/4×W/4 prototypes)",
+}
+# The task of each output format: what a checkpoint or an exported file (which records only its format) is
+# validated and predicted as.
+FORMAT_TASKS = {
+    YOLOV5_FORMAT: "detect",
+    "xywh_cls": "detect",
+    "xyxy_score_class": "detect",
+    "xywh_obj_cls_masks": "segment",
+    "xywh_cls_masks": "segment",
 }
 
 

@@ -28,6 +28,7 @@ import torch
 from ...data.augment import stride_multiple
 from ...errors import ExportError
 from ...models.yolo import DetectionModel
+from ...models.yolo.head import FORMAT_TASKS
 from .backends import METADATA_KEY, Backend, OnnxRuntimeModel, TorchBackend, TorchScriptModel, load_backend
 from .options import DEFAULT_OPSET, EXPORT_FORMATS, ExportArgs
 
@@ -75,7 +76,7 @@ def export_onnx(
     import onnx
 
     file = Path(file)
-    outputs = ["output", "prototypes"] if model.output_format.endswith("_masks") else ["output"]
+    outputs = ["output", "prototypes"] if FORMAT_TASKS[model.output_format] == "segment" else ["output"]
     axes = {"images": {0: "batch"}, **{name: {0: "batch"} for name in outputs}}
     if dynamic:
         axes["images"].update({2: "height", 3: "width"})
