@@ -112,7 +112,8 @@ def run_val(args: ValArgs) -> dict[str, Any]:
             coco = run_cocoeval(gt, detections, iou_type)
             prefix = "mask_" if iou_type == "segm" else ""
             print(coco.get("summary", ""))
-            print(f"pycocotools {iou_type}: {prefix}mAP50-95 {coco['mAP50-95']:.4f}  {prefix}mAP50 {coco['mAP50']:.4f}")
+            who = "pycocotools" if iou_type == "bbox" else f"pycocotools ({iou_type})"
+            print(f"{who}: {prefix}mAP50-95 {coco['mAP50-95']:.4f}  {prefix}mAP50 {coco['mAP50']:.4f}")
             out["coco"].update({prefix + k: v for k, v in coco.items() if k != "summary"})
     LOGGER.info("results saved to %s", save_dir)
     return out
