@@ -92,9 +92,17 @@ def test_predict_draws_and_saves_masks(trained, synth, tmp_path):
     from gmyolo.tasks.detect.predict import PredictArgs, predict
 
     source = Path(synth).parent / "images/val"
-    args = PredictArgs(weights=trained, source=str(source), conf=0.001, max_det=5, save_txt=True,
+    args = PredictArgs(weights=trained, source=str(source), conf=0.001, max_det=5, save_txt=True, save_json=True,
                        project=str(tmp_path), imgsz=64)  # fmt: skip
     results = list(predict(args, verbose=False))
+    import json
+
+    from pycocotools import mask as mask_utils
+
+    records = {r["image"]: r for r in json.loads((tmp_path / "exp/predictions.json").read_text())}
+    for r in results:  # predictions.json: each detection's mask, exactly, as COCO RLE
+        written = [mask_utils.decode(d["mask"]).astype(bool) for d in records[r.path]["detections"]]
+        assert len(written) == len(r) and all((w == m.numpy()).all() for w, m in zip(written, r.masks))
     assert len(results) == 8 and all(r.masks is not None for r in results)
     assert sum(len(r) for r in results) > 0 and any(r.masks.any() for r in results)
     for r in results:

@@ -13,6 +13,7 @@ import torch
 
 from ...data.plots import class_colour, draw_masks
 from ...utils.files import atomic_write
+from .coco_eval import mask_rle
 
 __all__ = ["Results", "draw_detections"]
 
@@ -143,16 +144,21 @@ class Results:
         return Path(path)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: the image, its size, and one entry per detection with class, name, score, box (xyxy px)."""
+        """JSON-ready: the image, its size, and one entry per detection with class, name, score, box (xyxy px);
+        with masks also each one's ``mask`` as COCO run-length encoding (``{"size": [h, w], "counts": str}``)."""
+        detections = [
+            {"class": c, "name": self.names.get(c, str(c)), "score": round(s, 5), "box": [round(v, 2) for v in b]}
+            for b, s, c in zip(self.boxes.tolist(), self.scores.tolist(), self.classes.tolist())
+        ]
+        if self.masks is not None:
+            for detection, rle in zip(detections, mask_rle(self.masks)):
+                detection["mask"] = rle
         return {
             "image": self.path,
             **({"frame": self.frame} if self.frame is not None else {}),
             "height": self.orig_shape[0],
             "width": self.orig_shape[1],
-            "detections": [
-                {"class": c, "name": self.names.get(c, str(c)), "score": round(s, 5), "box": [round(v, 2) for v in b]}
-                for b, s, c in zip(self.boxes.tolist(), self.scores.tolist(), self.classes.tolist())
-            ],
+            "detections": detections,
         }
 
     def __repr__(self) -> str:
