@@ -158,7 +158,7 @@ def test_yolov5_seg_trains_with_anchors_fitted(synth, tmp_path):
     assert (tmp_path / "exp/MaskPR_curve.png").is_file() and (tmp_path / "exp/PR_curve.png").is_file()
 
 
-def test_save_json_writes_masks_and_scores_them_with_pycocotools(trained, tmp_path):
+def test_save_json_writes_masks_and_scores_them_with_pycocotools(trained, tmp_path, caplog):
     import json
 
     from pycocotools import mask as mask_utils
@@ -178,5 +178,15 @@ def test_save_json_writes_masks_and_scores_them_with_pycocotools(trained, tmp_pa
         x, y, w, h = d["bbox"]
         if len(xs):
             assert xs.min() >= x - 1 and xs.max() <= x + w + 1 and ys.min() >= y - 1 and ys.max() <= y + h + 1
+    # A COCO file of boxes only (no outlines): the boxes are scored, the masks left out with one warning
+    for annotation in truth["annotations"]:
+        del annotation["segmentation"]
+    (tmp_path / "boxes.json").write_text(json.dumps(truth))
+    with caplog.at_level("WARNING", logger="gmyolo"):
+        boxes_only = run_val(ValArgs(weights=trained, imgsz=64, batch=8, workers=0, progress=False, plots=False,
+                                     save_json=True, coco_gt=str(tmp_path / "boxes.json"),
+                                     project=str(tmp_path)))  # fmt: skip
+    assert set(boxes_only["coco"]) == {"mAP50", "mAP50-95"}
+    assert "without a 'segmentation': masks not scored by pycocotools" in caplog.text
     # pycocotools' figures for boxes and masks (their agreement with ours: test_segment_metrics.py's noisy oracle)
     assert set(metrics["coco"]) == {"mAP50", "mAP50-95", "mask_mAP50", "mask_mAP50-95"}

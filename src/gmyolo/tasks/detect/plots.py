@@ -81,7 +81,7 @@ class PredictionPictures:
     The images are read once, from the dataset rather than through a loader iterator (that would draw
     from the global RNG and a resumed run would no longer repeat the uninterrupted one), logged with
     their labels as ``val/labels``; the same images are drawn every epoch as ``val/predictions``.
-    A task whose pictures show more (segmentation: masks) overrides ``samples`` and ``predictions``.
+    A task whose pictures show more (segmentation: masks) overrides ``samples_of`` and ``predictions``.
     """
 
     def __init__(

@@ -109,6 +109,10 @@ def run_val(args: ValArgs) -> dict[str, Any]:
         (save_dir / "predictions.json").write_text(json.dumps(detections))
         out["coco"] = {}
         for iou_type in validator.iou_types:  # boxes; and masks for segmentation
+            if iou_type == "segm" and not all("segmentation" in a for a in gt["annotations"]):
+                source = args.coco_gt or "the labels"
+                LOGGER.warning("%s has objects without a 'segmentation': masks not scored by pycocotools", source)
+                continue
             coco = run_cocoeval(gt, detections, iou_type)
             prefix = "mask_" if iou_type == "segm" else ""
             print(coco.get("summary", ""))
