@@ -387,7 +387,8 @@ def _end_loader_workers_at_exit() -> None:
     from torch.utils.data._utils import signal_handling
     from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-    for iterator in [o for o in gc.get_objects() if isinstance(o, _MultiProcessingDataLoaderIter)]:
+    # type(o), not isinstance: isinstance reads o.__class__, which some lazy objects answer with a FutureWarning
+    for iterator in [o for o in gc.get_objects() if issubclass(type(o), _MultiProcessingDataLoaderIter)]:
         if getattr(iterator, "_worker_pids_set", False):
             signal_handling._remove_worker_pids(id(iterator))  # no "worker killed by signal" error for these
             iterator._worker_pids_set = False
